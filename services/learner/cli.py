@@ -1,5 +1,9 @@
 """`tagloop` commands of the learner service."""
 
+from __future__ import annotations
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="learner commands")
+
+def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Attach this service's commands to the top-level `tagloop` app and its `eval`/`bench` groups."""
