@@ -81,6 +81,7 @@ class ManagedProcess:
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        user: str | None = None,
     ) -> int:
         """Spawn ``argv`` detached in its own session, logging to :attr:`log_file`."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
+                user=user,
                 start_new_session=True,  # own process group: stop() signals it whole
             )
         self.pid_file.write_text(str(proc.pid))
