@@ -1,0 +1,295 @@
+"""Fine-tune MiniLM with a multi-label head: seeded, checkpointed, resumable.
+
+``train(config)`` writes into ``config.out``:
+``config.json`` (the run's settings), ``vocab.json``, ``checkpoint.pt`` (resume state, rewritten
+every ``checkpoint_every`` steps and at each epoch end) and, when training is done, ``model.pt``
+(final weights), ``calibration.json`` (temperature, thresholds) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from services.trainer.artifacts import VocabEntry
+from services.trainer.data import Format, Record, fingerprint, load_records
+from services.trainer.labels import build_vocabulary, label_matrix, map_to_taxonomy
+from services.trainer.model import TagModel, load_tokenizer
+from services.trainer.split import Split, group_split
+from services.trainer.thresholds import fit_temperature, tune_thresholds
+from shared.taxonomy import load_taxonomy
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+CALIBRATION_FILE = "calibration.json"
+METRICS_FILE = "metrics.json"
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (saved beside the checkpoint; ``--resume`` reuses them)."""
+
+    data: Path = Path("../shared/data")
+    format: Format = "flipkart"
+    out: Path = Path("artifacts/tag_model")
+    taxonomy: Path | None = Path("../shared/data/shopify-taxonomy")
+    epochs: int = 2
+    batch_size: int = 32
+    max_length: int = 64
+    limit: int | None = None
+    seed: int = 0
+    lr: float = 8e-5
+    head_lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    max_depth: int = 3
+    min_count: int = 5
+    min_attribute_count: int = 5
+    val_frac: float = 0.1
+    test_frac: float = 0.2
+    target_precision: float = 0.8
+    checkpoint_every: int = 200
+
+
+@dataclass
+class Prepared:
+    """Records, their leak-free split and the label matrices over the training vocabulary."""
+
+    records: list[Record]
+    split: Split
+    vocab: list[VocabEntry]
+    y: np.ndarray
+    mask: np.ndarray
+    fingerprint: str
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Read the data, split it by title, build the vocabulary from the training side only."""
+    records = load_records(config.data, config.format, config.limit)
+    if not records:
+        raise ValueError(f"no records read from {config.data} ({config.format})")
+    split = group_split(records, config.val_frac, config.test_frac, config.seed)
+    train_recs = [records[i] for i in split.train]
+    vocab = build_vocabulary(train_recs, config.max_depth, config.min_count, config.min_attribute_count)
+    if config.taxonomy is not None and Path(config.taxonomy).exists():
+        vocab = map_to_taxonomy(vocab, load_taxonomy(Path(config.taxonomy)))
+    if not vocab:
+        raise ValueError("no tag has enough training examples; lower --min-count or add data")
+    y, mask = label_matrix(records, vocab)
+    return Prepared(records, split, vocab, y, mask, fingerprint(records))
+
+
+def _batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled batches of similar-length texts (less padding = faster on CPU), in shuffled order."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        block = sorted(order[start : start + chunk].tolist(), key=lambda i: (lengths[i], i))
+        batches += [block[k : k + batch_size] for k in range(0, len(block), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _collate(
+    encoded: Sequence[list[int]], idx: Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(encoded[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
+        att[r, : len(encoded[i])] = 1
+    return ids, att
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text (truncated, unpadded), as the serving runtime tokenizes."""
+    return list(tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
+
+
+@torch.inference_mode()
+def predict(
+    model: TagModel, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits [n, n_tags], embeddings [n, dim])`` of ``texts``, in their order."""
+    model.eval()
+    encoded = tokenize(tokenizer, texts, max_length)
+    order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
+    logits = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
+    embs = np.zeros((len(texts), model.head.in_features), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, att = _collate(encoded, idx, tokenizer.pad_token_id)
+        lo, em = model(ids, att)
+        logits[idx] = lo.numpy()
+        embs[idx] = em.numpy()
+    return logits, embs
+
+
+def _optimizer(model: TagModel, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
+    head = [model.head.weight, model.head.bias, model.scale]
+    head_ids = {id(p) for p in head}
+    encoder = [p for p in model.parameters() if id(p) not in head_ids]
+    opt = torch.optim.AdamW(
+        [{"params": encoder, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
+        weight_decay=config.weight_decay,
+    )
+    warmup = max(1, int(total_steps * config.warmup_frac))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+def _progress_steps(total: int, start: int, label: str) -> Iterator[ProgressFn]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(label, total=total, completed=start, loss="")
+
+        def update(done: int, _total: int, loss: float) -> None:
+            progress.update(task, completed=done, loss=f"loss {loss:.4f}")
+
+        yield update
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) and calibrate; return the output directory.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Run settings; with ``resume`` the ones saved in ``config.out`` are used instead.
+    resume : bool
+        Continue from ``checkpoint.pt`` (same data order, optimiser and RNG state).
+    progress : bool
+        Show a progress bar.
+    """
+    out = Path(config.out)
+    if resume and (out / CONFIG_FILE).exists():
+        saved = TrainConfig.model_validate_json((out / CONFIG_FILE).read_text())
+        config = saved.model_copy(update={"out": out})
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    prep = prepare(config)
+    (out / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    (out / VOCAB_FILE).write_text(json.dumps([v.model_dump(mode="json") for v in prep.vocab], indent=1))
+
+    tokenizer = load_tokenizer()
+    texts = [r.text for r in prep.records]
+    encoded = tokenize(tokenizer, texts, config.max_length)
+    train_idx = prep.split.train
+    lengths = [len(encoded[i]) for i in train_idx]
+    steps_per_epoch = -(-len(train_idx) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    model = TagModel(len(prep.vocab))
+    opt, sched = _optimizer(model, config, total_steps)
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    ckpt = out / CHECKPOINT_FILE
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(ep: int, step: int) -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": ep, "step_in_epoch": step, "global_step": global_step,
+             "torch_rng": torch.get_rng_state()},
+            tmp,
+        )  # fmt: skip
+        tmp.replace(ckpt)  # atomic: a kill mid-write never leaves a broken checkpoint
+
+    y = torch.from_numpy(prep.y)
+    m = torch.from_numpy(prep.mask)
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
+    bar = _progress_steps(total_steps, global_step, "train") if progress else None
+    update = next(bar) if bar is not None else None
+    try:
+        while epoch < config.epochs:
+            rng = np.random.default_rng(config.seed * 1000 + epoch)
+            batches = _batches(lengths, config.batch_size, rng)
+            model.train()
+            for b in range(step_in_epoch, len(batches)):
+                idx = [train_idx[k] for k in batches[b]]
+                ids, att = _collate(encoded, idx, tokenizer.pad_token_id)
+                logits, _ = model(ids, att)
+                # Sum over tags, mean over listings: rare positives keep a useful gradient.
+                loss = (loss_fn(logits, y[idx]) * m[idx]).sum() / len(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                global_step += 1
+                if update is not None:
+                    update(global_step, total_steps, loss.item())
+                if global_step % config.checkpoint_every == 0:
+                    save_checkpoint(epoch, b + 1)
+            epoch, step_in_epoch = epoch + 1, 0
+            save_checkpoint(epoch, 0)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    torch.save(model.state_dict(), out / MODEL_FILE)
+    calibrate(model, tokenizer, prep, config, out)
+    return out
+
+
+def calibrate(
+    model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfig, out: Path
+) -> dict[str, Any]:
+    """Fit the temperature and per-tag thresholds on the validation split; write ``calibration.json``."""
+    val = prep.split.val
+    logits, _ = predict(model, tokenizer, [prep.records[i].text for i in val], config.max_length)
+    y, mask = prep.y[val], prep.mask[val]
+    temperature = fit_temperature(logits.astype(np.float64), y, mask)
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature))
+    thresholds = tune_thresholds(probs, y, mask, config.target_precision)
+    calibration = {
+        "temperature": temperature,
+        "thresholds": thresholds.tolist(),
+        "fingerprint": prep.fingerprint,
+    }
+    (out / CALIBRATION_FILE).write_text(json.dumps(calibration))
+    return calibration
+
+
+def load_trained(out: Path) -> tuple[TrainConfig, list[VocabEntry], TagModel, dict[str, Any]]:
+    """Config, vocabulary, model (eval mode) and calibration of a finished run in ``out``."""
+    out = Path(out)
+    config = TrainConfig.model_validate_json((out / CONFIG_FILE).read_text())
+    vocab = [VocabEntry.model_validate(v) for v in json.loads((out / VOCAB_FILE).read_text())]
+    model = TagModel(len(vocab), config_only=True)
+    model.load_state_dict(torch.load(out / MODEL_FILE, weights_only=True))
+    calibration = json.loads((out / CALIBRATION_FILE).read_text())
+    return config, vocab, model.eval(), calibration
