@@ -1,0 +1,275 @@
+"""The feedback worker: a faust app counting ``feedback`` against ``listing-tags`` into Postgres.
+
+Two agents, one micro-batch loop each:
+
+* ``listing-tags`` -> :meth:`FeedbackService.on_tags`: the listing's latest tags go to
+  Postgres (``feedback_listing_tags``, visible to every worker whatever partitions it
+  owns) and feedback that waited for them is attributed.
+* ``feedback`` -> :meth:`FeedbackService.on_feedback`: decode, dead-letter what does
+  not validate, then one Postgres transaction that claims event ids, archives,
+  adds counts and stores offsets.
+
+faust acks (and later commits to Kafka) a batch only after its transaction committed;
+a batch redelivered after a crash is recognised by its event ids, so Postgres counts
+every event exactly once whatever Kafka redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import faust
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import ValidationError
+
+from services.feedback.domain import Consumed, TagUpdate
+from services.feedback.migrations import MIGRATIONS
+from services.feedback.repository import PostgresFeedbackStore
+from shared.db import apply_migrations, async_pool
+from shared.devstack.process import free_port
+from shared.events import DeadLetter, FeedbackEvent, TagEvent, decode
+from shared.kafka import aiokafka_url, producer_config, publish_dead_letter
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "feedback"
+DEFAULT_GROUP = "tagloop-feedback"
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Knobs of the worker that are not shared settings.
+
+    Parameters
+    ----------
+    group
+        Kafka consumer group (the faust app id) and the key of stored offsets.
+    batch_size, within_s
+        Micro-batch: up to ``batch_size`` events or ``within_s`` seconds.
+    web
+        Run faust's web server (on a free loopback port) or not.
+    """
+
+    group: str = DEFAULT_GROUP
+    batch_size: int = 5000
+    within_s: float = 0.5
+    tags_batch_size: int = 2000
+    pool_size: int = 2
+    web: bool = False
+
+
+class Metrics:
+    """Prometheus metrics of one worker, in their own registry (nothing global at import)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.events = Counter(
+            "feedback_events", "Feedback events by outcome", ["outcome"], registry=self.registry
+        )
+        self.pending = Counter(
+            "feedback_unattributed_events",
+            "Events archived before their listing's tags were known",
+            registry=self.registry,
+        )
+        self.reattributed = Counter(
+            "feedback_reattributed_events",
+            "Pending events attributed after tags arrived",
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "feedback_batch_seconds", "Postgres transaction time per batch", ["kind"], registry=self.registry
+        )
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage, for the benchmark's 'where the time goes'."""
+
+    decode: float = 0.0
+    postgres: float = 0.0
+    dead_letter: float = 0.0
+    batches: int = 0
+    events: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class FeedbackService:
+    """The I/O shell around the domain: decoding, dead letters, the store, metrics."""
+
+    def __init__(self, settings: Settings, config: FeedbackConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = Metrics()
+        self.timings = Timings()
+        self._store: PostgresFeedbackStore | None = None
+        self._producer: Producer | None = None
+        self._lock = asyncio.Lock()
+
+    async def store(self) -> PostgresFeedbackStore:
+        # Opened lazily inside faust's loop: the pool must belong to the running loop.
+        async with self._lock:
+            if self._store is None:
+                pool = async_pool(self.settings, max_size=self.config.pool_size, name="feedback")
+                await pool.open(wait=False)
+                self._store = PostgresFeedbackStore(pool, self.config.group)
+            return self._store
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.pool.close()
+        if self._producer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 10)
+
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(producer_config(self.settings.kafka))
+        return self._producer
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Publish and wait for delivery: the batch is acked (and may be committed) right after."""
+        t0 = time.perf_counter()
+        producer = self.producer()
+        failures: list[Any] = []
+        for letter in letters:
+            publish_dead_letter(
+                producer,
+                self.settings.topics.dead_letter,
+                letter,
+                on_delivery=lambda err, _msg: failures.append(err) if err else None,
+            )
+        remaining = await asyncio.get_running_loop().run_in_executor(None, producer.flush, 30)
+        if remaining or failures:
+            raise RuntimeError(f"dead letters not delivered: {remaining} pending, errors {failures[:3]}")
+        self.metrics.events.labels("dead_letter").inc(len(letters))
+        self.timings.dead_letter += time.perf_counter() - t0
+
+    async def on_feedback(self, events: Sequence[faust.types.EventT]) -> None:
+        t0 = time.perf_counter()
+        good, bad = decode_feedback(events)
+        self.timings.decode += time.perf_counter() - t0
+        if bad:
+            await self.dead_letter(bad)
+        store = await self.store()
+        t1 = time.perf_counter()
+        result = await store.record_feedback(good)
+        elapsed = time.perf_counter() - t1
+        self.timings.postgres += elapsed
+        self.timings.batches += 1
+        self.timings.events += len(events)
+        self.metrics.batch_seconds.labels("feedback").observe(elapsed)
+        self.metrics.events.labels("counted").inc(result.counted)
+        self.metrics.events.labels("duplicate").inc(result.duplicates)
+        self.metrics.pending.inc(result.pending)
+
+    async def on_tags(self, events: Sequence[faust.types.EventT]) -> None:
+        updates, bad = decode_tags(events)
+        if bad:
+            await self.dead_letter(bad)
+        store = await self.store()
+        t0 = time.perf_counter()
+        result = await store.record_tags(updates, self.settings.topics.tags)
+        self.metrics.batch_seconds.labels("tags").observe(time.perf_counter() - t0)
+        self.metrics.reattributed.inc(result.reattributed)
+
+
+def _letter(message: faust.types.Message, exc: BaseException) -> DeadLetter:
+    reason = " ".join(str(exc).split())[:2000] or type(exc).__name__
+    return DeadLetter(
+        original=message.value or b"",
+        original_key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        error_class=type(exc).__name__,
+        reason=reason,
+        service=SERVICE,
+    )
+
+
+def decode_feedback(events: Sequence[faust.types.EventT]) -> tuple[list[Consumed], list[DeadLetter]]:
+    """Validate raw feedback records; what does not validate becomes a dead letter."""
+    good: list[Consumed] = []
+    bad: list[DeadLetter] = []
+    for e in events:
+        m = e.message
+        try:
+            good.append(Consumed(decode(FeedbackEvent, m.value), m.topic, m.partition, m.offset))
+        except (ValidationError, ValueError) as exc:
+            bad.append(_letter(m, exc))
+    return good, bad
+
+
+def decode_tags(events: Sequence[faust.types.EventT]) -> tuple[list[TagUpdate], list[DeadLetter]]:
+    """Tag records to updates; a tombstone (no value) deletes the listing's tags."""
+    updates: list[TagUpdate] = []
+    bad: list[DeadLetter] = []
+    for e in events:
+        m = e.message
+        try:
+            if m.value is None:
+                if not m.key:
+                    raise ValueError("tombstone without a key")
+                updates.append(TagUpdate.tombstone(m.key.decode(), m.partition, m.offset))
+            else:
+                updates.append(TagUpdate.from_event(decode(TagEvent, m.value), m.partition, m.offset))
+        except (ValidationError, ValueError) as exc:
+            bad.append(_letter(m, exc))
+    return updates, bad
+
+
+def micro_batches(
+    stream: faust.StreamT, max_: int, within_s: float
+) -> AsyncIterator[Sequence[faust.types.EventT]]:
+    """``stream.take`` with the events (offsets) kept; acked only when the caller asks for the next."""
+    return cast(faust.Stream, stream).take_events(max_, within=within_s)
+
+
+def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust.App:
+    """The faust app of the feedback service; ``app.feedback_service`` holds its state."""
+    config = config or FeedbackConfig()
+    service = FeedbackService(settings, config)
+    app = faust.App(
+        config.group,
+        broker=aiokafka_url(settings.kafka),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=config.web,
+        web_host="127.0.0.1",
+        web_port=free_port(),
+        broker_session_timeout=settings.kafka.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(0.5, settings.kafka.session_timeout_ms / 6000),
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.topics.partitions,
+        topic_allow_declare=False,
+        datadir=str(settings.state_dir / "faust" / config.group),
+        stream_buffer_maxsize=max(4096, config.batch_size * 2),
+        broker_max_poll_records=config.batch_size,
+    )
+    feedback_topic = app.topic(settings.topics.feedback, value_serializer="raw", key_serializer="raw")
+    tags_topic = app.topic(settings.topics.tags, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(tags_topic, name="feedback-listing-tags")
+    async def listing_tags(stream: faust.StreamT) -> None:
+        async for events in micro_batches(stream, config.tags_batch_size, config.within_s):
+            await service.on_tags(events)
+
+    @app.agent(feedback_topic, name="feedback-events")
+    async def feedback(stream: faust.StreamT) -> None:
+        async for events in micro_batches(stream, config.batch_size, config.within_s):
+            await service.on_feedback(events)
+
+    app.feedback_service = service  # type: ignore[attr-defined]
+    return app
+
+
+def migrate(settings: Settings) -> list[str]:
+    """Apply the feedback schema; returns the names applied now."""
+    return [m.name for m in apply_migrations(settings, MIGRATIONS)]

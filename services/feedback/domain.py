@@ -1,0 +1,354 @@
+"""Pure feedback logic: dedup, attribution, hour buckets and per-batch counter deltas.
+
+Nothing here does I/O. :func:`handle_feedback` and :func:`handle_tags` are the two
+units of work of the service, written against the small :class:`FeedbackUnitOfWork`
+protocol; the Postgres adapter (``repository.py``) and an in-memory one
+(``memory.py``, for unit tests) implement it, so the same counting runs in both.
+
+Attribution rules
+-----------------
+* ``tag_accept``/``tag_reject`` with a ``tag_id`` count against that tag only (a
+  merchant judged that tag); they never wait for the listing's tags.
+* Every other event counts against the listing's tags as known when the event is
+  processed; ``tag_id`` there is only the context that surfaced the listing and is
+  archived as ``context_tag_id``.
+* Unknown listing: the event is archived with ``tag_ids = NULL`` and counted under
+  :data:`PENDING_TAG`; when the listing's tags arrive those counts move to the
+  real tags (:func:`handle_tags`). A deleted listing has no tags: its later events
+  are archived and counted nowhere per tag.
+
+Examples
+--------
+>>> hour_of(datetime(2026, 1, 1, 10, 59, 59, tzinfo=UTC))
+datetime.datetime(2026, 1, 1, 10, 0, tzinfo=datetime.timezone.utc)
+>>> revenue_units(19.99, 3)
+599700
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import NamedTuple, Protocol, TypeVar
+
+from shared.events import FeedbackEvent, FeedbackType, TagEvent
+
+PENDING_TAG = "__pending__"
+# Revenue is kept as an integer number of 1/10_000 currency units: sums stay exact.
+REVENUE_SCALE = 10_000
+
+# Counter vector layout (see migrations: the same columns, same order).
+COUNTER_FIELDS = (
+    "events",
+    "impressions",
+    "clicks",
+    "carts",
+    "purchases",
+    "units",
+    "revenue",
+    "accepts",
+    "rejects",
+)
+_EVENTS, _IMPR, _CLICK, _CART, _PURCH, _UNITS, _REV, _ACC, _REJ = range(len(COUNTER_FIELDS))
+_TYPE_SLOT = {
+    FeedbackType.IMPRESSION.value: _IMPR,
+    FeedbackType.CLICK.value: _CLICK,
+    FeedbackType.ADD_TO_CART.value: _CART,
+    FeedbackType.PURCHASE.value: _PURCH,
+    FeedbackType.TAG_ACCEPT.value: _ACC,
+    FeedbackType.TAG_REJECT.value: _REJ,
+}
+_JUDGEMENTS = frozenset({FeedbackType.TAG_ACCEPT.value, FeedbackType.TAG_REJECT.value})
+
+K = TypeVar("K")
+TagIds = tuple[str, ...]
+ListingKey = tuple[str, str]  # (listing_id, tag_id)
+UserKey = tuple[str, str]  # (user_id, tag_id)
+
+
+class Fact(NamedTuple):
+    """The part of a feedback event that counting needs (also what re-attribution reads back)."""
+
+    user_id: str
+    listing_id: str
+    type: str
+    quantity: int
+    revenue: int  # REVENUE_SCALE units
+    ts: datetime
+
+
+class Consumed(NamedTuple):
+    """A decoded feedback event with where it came from."""
+
+    event: FeedbackEvent
+    topic: str
+    partition: int
+    offset: int
+
+
+class ArchiveRow(NamedTuple):
+    """One row of the raw-event archive."""
+
+    event: FeedbackEvent
+    revenue: int
+    tag_ids: TagIds | None  # None: listing tags not known yet
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class TagUpdate:
+    """The latest tags of a listing (``tag_ids`` empty and ``deleted`` for a tombstone)."""
+
+    listing_id: str
+    tag_ids: TagIds
+    deleted: bool
+    model_version: str | None
+    partition: int
+    offset: int
+
+    @classmethod
+    def from_event(cls, ev: TagEvent, partition: int, offset: int) -> TagUpdate:
+        # Sorted and unique: the same tag set always yields the same rows.
+        tags = tuple(sorted({t.tag_id for t in ev.tags}))
+        return cls(ev.listing_id, tags, False, ev.model_version, partition, offset)
+
+    @classmethod
+    def tombstone(cls, listing_id: str, partition: int, offset: int) -> TagUpdate:
+        return cls(listing_id, (), True, None, partition, offset)
+
+
+@dataclass
+class Deltas:
+    """Additive counter changes of one unit of work, keyed like the count tables."""
+
+    listing: dict[ListingKey, list[int]] = field(default_factory=dict)
+    listing_hourly: dict[tuple[str, str, datetime], list[int]] = field(default_factory=dict)
+    user: dict[UserKey, list[int]] = field(default_factory=dict)
+    user_hourly: dict[tuple[str, str, datetime], list[int]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.listing or self.user)
+
+    def add(self, fact: Fact, tag_ids: Iterable[str], sign: int = 1) -> None:
+        """Count ``fact`` once against each tag (``sign=-1`` takes it back)."""
+        vec = fact_vector(fact, sign)
+        hour = hour_of(fact.ts)
+        for tag in tag_ids:
+            _add(self.listing, (fact.listing_id, tag), vec)
+            _add(self.listing_hourly, (fact.listing_id, tag, hour), vec)
+            _add(self.user, (fact.user_id, tag), vec)
+            _add(self.user_hourly, (fact.user_id, tag, hour), vec)
+
+    def merge(self, other: Deltas) -> None:
+        for mine, theirs in (
+            (self.listing, other.listing),
+            (self.listing_hourly, other.listing_hourly),
+            (self.user, other.user),
+            (self.user_hourly, other.user_hourly),
+        ):
+            for key, vec in theirs.items():
+                _add(mine, key, vec)  # type: ignore[arg-type,misc]
+
+    def without_zeros(self) -> Deltas:
+        """Drop keys whose changes cancel out (a fact moved back and forth)."""
+        return Deltas(
+            *(_nonzero(d) for d in (self.listing, self.listing_hourly, self.user, self.user_hourly))
+        )
+
+
+def _nonzero(d: dict[K, list[int]]) -> dict[K, list[int]]:
+    return {k: v for k, v in d.items() if any(v)}
+
+
+def _add(table: dict[K, list[int]], key: K, vec: list[int]) -> None:
+    cur = table.get(key)
+    if cur is None:
+        table[key] = list(vec)
+    else:
+        for i, x in enumerate(vec):
+            if x:
+                cur[i] += x
+
+
+def hour_of(ts: datetime) -> datetime:
+    """The UTC hour bucket of a timestamp."""
+    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def revenue_units(price: float | None, quantity: int) -> int:
+    """Revenue of a purchase in 1/10_000 units (price rounded to 4 decimals first)."""
+    if price is None:
+        return 0
+    return round(price * REVENUE_SCALE) * quantity
+
+
+def revenue_decimal(units: int) -> Decimal:
+    return Decimal(units).scaleb(-4)
+
+
+def fact_of(ev: FeedbackEvent) -> Fact:
+    rev = revenue_units(ev.price, ev.quantity) if ev.type == FeedbackType.PURCHASE else 0
+    return Fact(ev.user_id, ev.listing_id, ev.type.value, ev.quantity, rev, ev.ts)
+
+
+def fact_vector(fact: Fact, sign: int = 1) -> list[int]:
+    vec = [0] * len(COUNTER_FIELDS)
+    vec[_EVENTS] = sign
+    vec[_TYPE_SLOT[fact.type]] = sign
+    if fact.type == FeedbackType.PURCHASE.value:
+        vec[_UNITS] = sign * fact.quantity
+        vec[_REV] = sign * fact.revenue
+    return vec
+
+
+def dedup(batch: Iterable[Consumed]) -> list[Consumed]:
+    """First occurrence of each event id, in order (a producer retry can repeat one in a batch)."""
+    seen: set[str] = set()
+    out: list[Consumed] = []
+    for c in batch:
+        if c.event.event_id not in seen:
+            seen.add(c.event.event_id)
+            out.append(c)
+    return out
+
+
+def needs_listing_tags(ev: FeedbackEvent) -> bool:
+    return not (ev.type.value in _JUDGEMENTS and ev.tag_id)
+
+
+def attribute(ev: FeedbackEvent, listing_tags: TagIds | None) -> TagIds | None:
+    """The tags an event counts against; None while the listing's tags are unknown."""
+    if not needs_listing_tags(ev):
+        return (ev.tag_id,)  # type: ignore[return-value]  # needs_listing_tags checked tag_id
+    return listing_tags
+
+
+def counted_tags(tag_ids: TagIds | None) -> TagIds:
+    return (PENDING_TAG,) if tag_ids is None else tag_ids
+
+
+@dataclass
+class FeedbackPlan:
+    """What one feedback micro-batch writes."""
+
+    archive: list[ArchiveRow]
+    deltas: Deltas
+    pending: int
+
+
+def plan_feedback(fresh: Sequence[Consumed], listing_tags: Mapping[str, TagIds | None]) -> FeedbackPlan:
+    """Archive rows and counter deltas for events not counted before."""
+    deltas = Deltas()
+    rows: list[ArchiveRow] = []
+    pending = 0
+    for c in fresh:
+        ev = c.event
+        tags = attribute(ev, listing_tags.get(ev.listing_id))
+        fact = fact_of(ev)
+        pending += tags is None
+        rows.append(ArchiveRow(ev, fact.revenue, tags, c.partition, c.offset))
+        deltas.add(fact, counted_tags(tags))
+    return FeedbackPlan(rows, deltas, pending)
+
+
+def plan_reattribution(moved: Iterable[tuple[Fact, TagIds]]) -> Deltas:
+    """Move pending facts from :data:`PENDING_TAG` to the tags that just arrived."""
+    deltas = Deltas()
+    for fact, tags in moved:
+        deltas.add(fact, (PENDING_TAG,), sign=-1)
+        deltas.add(fact, tags)
+    return deltas.without_zeros()
+
+
+def latest_tag_updates(updates: Iterable[TagUpdate]) -> list[TagUpdate]:
+    """The last update per listing of a batch (the topic is a changelog: later wins)."""
+    last: dict[str, TagUpdate] = {}
+    for u in updates:
+        last[u.listing_id] = u
+    return [last[k] for k in sorted(last)]
+
+
+def max_offsets(items: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
+    """Highest offset per (topic, partition) among ``(topic, partition, offset)``."""
+    out: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in items:
+        key = (topic, partition)
+        if offset > out.get(key, -1):
+            out[key] = offset
+    return out
+
+
+# --- units of work ----------------------------------------------------------------------------------
+
+
+class FeedbackUnitOfWork(Protocol):
+    """One atomic write: everything done through it commits together or not at all."""
+
+    async def claim_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Record ids as counted; returns those not recorded before."""
+        ...
+
+    async def listing_tags(self, listing_ids: Sequence[str]) -> dict[str, TagIds | None]:
+        """Current tags of listings (None when unknown); serialises with :meth:`set_listing_tags`."""
+        ...
+
+    async def archive(self, rows: Sequence[ArchiveRow]) -> None: ...
+
+    async def add_counts(self, deltas: Deltas) -> None: ...
+
+    async def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None: ...
+
+    async def set_listing_tags(self, updates: Sequence[TagUpdate]) -> list[TagUpdate]:
+        """Store tags unless a newer offset is stored already; returns the updates applied."""
+        ...
+
+    async def take_pending(self, tags_by_listing: Mapping[str, TagIds]) -> list[tuple[Fact, TagIds]]:
+        """Mark the pending archived events of these listings as attributed; returns them."""
+        ...
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    received: int
+    duplicates: int
+    counted: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class TagsResult:
+    received: int
+    applied: int
+    reattributed: int
+
+
+async def handle_feedback(uow: FeedbackUnitOfWork, batch: Sequence[Consumed], group: str) -> FeedbackResult:
+    """Count a micro-batch exactly once: claim ids, attribute, archive, add counts, save offsets."""
+    unique = dedup(batch)
+    new_ids = await uow.claim_event_ids([c.event.event_id for c in unique])
+    fresh = [c for c in unique if c.event.event_id in new_ids]
+    wanted = sorted({c.event.listing_id for c in fresh if needs_listing_tags(c.event)})
+    tags = await uow.listing_tags(wanted) if wanted else {}
+    plan = plan_feedback(fresh, tags)
+    if plan.archive:
+        await uow.archive(plan.archive)
+        await uow.add_counts(plan.deltas)
+    await uow.save_offsets(group, max_offsets((c.topic, c.partition, c.offset) for c in batch))
+    return FeedbackResult(len(batch), len(batch) - len(fresh), len(fresh), plan.pending)
+
+
+async def handle_tags(
+    uow: FeedbackUnitOfWork, updates: Sequence[TagUpdate], group: str, topic: str
+) -> TagsResult:
+    """Store listings' latest tags and attribute their pending feedback."""
+    latest = latest_tag_updates(updates)
+    applied = await uow.set_listing_tags(latest) if latest else []
+    moved = await uow.take_pending({u.listing_id: u.tag_ids for u in applied}) if applied else []
+    deltas = plan_reattribution(moved)
+    if deltas:
+        await uow.add_counts(deltas)
+    await uow.save_offsets(group, max_offsets((topic, u.partition, u.offset) for u in updates))
+    return TagsResult(len(updates), len(applied), len(moved))

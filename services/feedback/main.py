@@ -1,0 +1,40 @@
+"""Run the feedback worker: ``python -m services.feedback.main [--group G] [--batch-size N]``.
+
+Settings come from the environment (``TAGLOOP_*``) or the local stack file; the
+schema is migrated first, so a fresh database works out of the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from faust import Worker
+
+from services.feedback.app import DEFAULT_GROUP, FeedbackConfig, build_app, migrate
+from shared.settings import Settings
+
+
+def run_worker(settings: Settings, config: FeedbackConfig, loglevel: str = "info") -> None:
+    """Migrate, then run the faust worker in this process until it is stopped."""
+    applied = migrate(settings)
+    logging.getLogger(__name__).info("feedback: migrations applied now: %s", applied or "none")
+    app = build_app(settings, config)
+    # Worker installs signal handlers: SIGTERM/SIGINT stop it gracefully (final offset commit).
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="tagloop feedback worker")
+    parser.add_argument("--group", default=DEFAULT_GROUP)
+    parser.add_argument("--batch-size", type=int, default=FeedbackConfig.batch_size)
+    parser.add_argument("--within", type=float, default=FeedbackConfig.within_s)
+    parser.add_argument("--web", action="store_true", help="run faust's web server on a free port")
+    parser.add_argument("--loglevel", default="info")
+    args = parser.parse_args(argv)
+    config = FeedbackConfig(group=args.group, batch_size=args.batch_size, within_s=args.within, web=args.web)
+    run_worker(Settings(), config, args.loglevel)
+
+
+if __name__ == "__main__":
+    main()

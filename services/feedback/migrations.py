@@ -1,0 +1,127 @@
+"""Schema of the feedback service (applied by :func:`shared.db.apply_migrations`).
+
+Tables
+------
+feedback_listing_tags
+    Each listing's current tags, upserted from ``listing-tags``. ``tag_ids`` NULL
+    means "not known yet" (a placeholder row written when feedback arrives first,
+    so the feedback and tags transactions serialise on that row).
+feedback_event_ids
+    Every event id ever counted: the exactly-once guard (one btree insert per event,
+    ``ON CONFLICT DO NOTHING``). Kept apart from the archive because a unique key on a
+    partitioned table must contain the partition key, and a redelivered id must be
+    refused whatever its ``ts`` says.
+feedback_events
+    The raw-event archive, partitioned by day of ``ts`` (partitions created on
+    demand). ``tag_ids`` is what the event was counted against; NULL while the
+    listing's tags are unknown (counted under the ``__pending__`` tag until then).
+feedback_listing_tag_counts / feedback_listing_tag_hourly
+feedback_user_tag_counts / feedback_user_tag_hourly
+    Additive counters per listing×tag and user×tag, all-time and per hour.
+feedback_offsets
+    The last offset per (group, topic, partition) whose effects are in Postgres,
+    written in the same transaction as the counts.
+"""
+
+from __future__ import annotations
+
+from shared.db import Migration
+
+SERVICE = "feedback"
+
+_COUNTER_COLUMNS = """
+    events       bigint        NOT NULL DEFAULT 0,
+    impressions  bigint        NOT NULL DEFAULT 0,
+    clicks       bigint        NOT NULL DEFAULT 0,
+    carts        bigint        NOT NULL DEFAULT 0,
+    purchases    bigint        NOT NULL DEFAULT 0,
+    units        bigint        NOT NULL DEFAULT 0,
+    revenue      numeric(20,4) NOT NULL DEFAULT 0,
+    accepts      bigint        NOT NULL DEFAULT 0,
+    rejects      bigint        NOT NULL DEFAULT 0,
+    updated_at   timestamptz   NOT NULL DEFAULT now()
+"""
+
+_V1 = f"""
+CREATE TABLE feedback_listing_tags (
+    listing_id       text        PRIMARY KEY,
+    tag_ids          text[],
+    deleted          boolean     NOT NULL DEFAULT false,
+    model_version    text,
+    src_partition    integer,
+    src_offset       bigint,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE feedback_event_ids (
+    event_id  text PRIMARY KEY
+);
+
+CREATE TABLE feedback_events (
+    event_id        text          NOT NULL,
+    user_id         text          NOT NULL,
+    listing_id      text          NOT NULL,
+    type            text          NOT NULL,
+    context_tag_id  text,
+    quantity        integer       NOT NULL,
+    price           double precision,
+    revenue         numeric(20,4) NOT NULL,
+    ts              timestamptz   NOT NULL,
+    tag_ids         text[],
+    src_partition   integer       NOT NULL,
+    src_offset      bigint        NOT NULL,
+    ingested_at     timestamptz   NOT NULL DEFAULT now(),
+    attributed_at   timestamptz
+) PARTITION BY RANGE (ts);
+
+-- Re-attribution looks up the pending events of a listing when its tags arrive.
+CREATE INDEX feedback_events_pending ON feedback_events (listing_id) WHERE tag_ids IS NULL;
+
+CREATE TABLE feedback_listing_tag_counts (
+    listing_id text NOT NULL,
+    tag_id     text NOT NULL,
+    {_COUNTER_COLUMNS},
+    PRIMARY KEY (listing_id, tag_id)
+);
+
+CREATE TABLE feedback_listing_tag_hourly (
+    listing_id text        NOT NULL,
+    tag_id     text        NOT NULL,
+    hour       timestamptz NOT NULL,
+    {_COUNTER_COLUMNS},
+    PRIMARY KEY (listing_id, tag_id, hour)
+);
+
+CREATE TABLE feedback_user_tag_counts (
+    user_id text NOT NULL,
+    tag_id  text NOT NULL,
+    {_COUNTER_COLUMNS},
+    PRIMARY KEY (user_id, tag_id)
+);
+
+CREATE TABLE feedback_user_tag_hourly (
+    user_id text        NOT NULL,
+    tag_id  text        NOT NULL,
+    hour    timestamptz NOT NULL,
+    {_COUNTER_COLUMNS},
+    PRIMARY KEY (user_id, tag_id, hour)
+);
+
+CREATE TABLE feedback_offsets (
+    consumer_group text        NOT NULL,
+    topic          text        NOT NULL,
+    partition      integer     NOT NULL,
+    "offset"       bigint      NOT NULL,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, partition)
+);
+
+-- Visible backlog of events whose listing tags are not known yet.
+CREATE VIEW feedback_unattributed AS
+    SELECT listing_id, count(*) AS events, min(ts) AS oldest, max(ts) AS newest
+    FROM feedback_events WHERE tag_ids IS NULL GROUP BY listing_id;
+"""
+
+MIGRATIONS: list[Migration] = [
+    Migration(SERVICE, 1, "archive_counts_offsets", _V1),
+]

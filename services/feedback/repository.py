@@ -1,0 +1,387 @@
+"""Postgres adapter of the feedback service: one transaction per micro-batch.
+
+:class:`PostgresFeedbackStore` runs the domain's units of work
+(:func:`~services.feedback.domain.handle_feedback`, :func:`~services.feedback.domain.handle_tags`)
+inside one transaction each, retrying the whole transaction when Postgres is
+unreachable (restart), or aborts it for a deadlock/serialization failure. Because
+event ids, archive rows, counts and offsets commit together, a retried or
+redelivered batch never counts an event twice.
+
+Writes are set-based: ids are claimed with one ``INSERT .. SELECT unnest(..) ON
+CONFLICT DO NOTHING RETURNING``, the archive is filled with binary ``COPY`` and the
+counters with one ``INSERT .. SELECT unnest(..) ON CONFLICT DO UPDATE`` per table.
+Every statement that locks rows does so in key order, so concurrent workers
+(overlapping listing×tag rows) wait for each other but never deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool
+
+from services.feedback.domain import (
+    COUNTER_FIELDS,
+    PENDING_TAG,
+    ArchiveRow,
+    Consumed,
+    Deltas,
+    Fact,
+    FeedbackResult,
+    TagIds,
+    TagsResult,
+    TagUpdate,
+    handle_feedback,
+    handle_tags,
+    revenue_decimal,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_PARTITION_LOCK_KEY = 0x66656564626B  # "feedbk": serialises partition creation across workers
+_REV = COUNTER_FIELDS.index("revenue")
+
+_ARCHIVE_COLUMNS = (
+    "event_id, user_id, listing_id, type, context_tag_id, quantity, price, revenue, ts, tag_ids,"
+    " src_partition, src_offset"
+)
+_ARCHIVE_TYPES = [
+    "text", "text", "text", "text", "text", "int4", "float8", "numeric", "timestamptz", "text[]",
+    "int4", "int8",
+]  # fmt: skip
+
+_COUNT_TABLES = {
+    # attribute of Deltas -> (table, key columns, key types)
+    "listing": ("feedback_listing_tag_counts", ("listing_id", "tag_id"), ("text", "text")),
+    "listing_hourly": (
+        "feedback_listing_tag_hourly",
+        ("listing_id", "tag_id", "hour"),
+        ("text", "text", "timestamptz"),
+    ),
+    "user": ("feedback_user_tag_counts", ("user_id", "tag_id"), ("text", "text")),
+    "user_hourly": (
+        "feedback_user_tag_hourly",
+        ("user_id", "tag_id", "hour"),
+        ("text", "text", "timestamptz"),
+    ),
+}
+
+
+def _upsert_sql(table: str, keys: Sequence[str], key_types: Sequence[str]) -> bytes:
+    cols = [*keys, *COUNTER_FIELDS]
+    types = [*key_types, *("numeric" if c == "revenue" else "int8" for c in COUNTER_FIELDS)]
+    args = ", ".join(f"%s::{t}[]" for t in types)
+    order = ", ".join(str(i + 1) for i in range(len(keys)))
+    sets = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in COUNTER_FIELDS)
+    return (
+        f"INSERT INTO {table} AS t ({', '.join(cols)}) SELECT * FROM unnest({args}) ORDER BY {order}"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}, updated_at = now()"
+    ).encode()
+
+
+_UPSERTS = {attr: _upsert_sql(*spec) for attr, spec in _COUNT_TABLES.items()}
+
+_SET_TAGS_SQL = b"""
+WITH u AS (
+    SELECT x.listing_id, ARRAY(SELECT jsonb_array_elements_text(x.tags)) AS tag_ids, x.deleted,
+           x.model_version, x.p, x.o
+    FROM jsonb_to_recordset(%s::jsonb)
+         AS x(listing_id text, tags jsonb, deleted boolean, model_version text, p integer, o bigint)
+    ORDER BY x.listing_id
+)
+INSERT INTO feedback_listing_tags AS t
+    (listing_id, tag_ids, deleted, model_version, src_partition, src_offset)
+SELECT listing_id, tag_ids, deleted, model_version, p, o FROM u
+ON CONFLICT (listing_id) DO UPDATE
+    SET tag_ids = excluded.tag_ids, deleted = excluded.deleted, model_version = excluded.model_version,
+        src_partition = excluded.src_partition, src_offset = excluded.src_offset, updated_at = now()
+    -- A redelivered older record must not overwrite newer tags.
+    WHERE t.src_offset IS NULL OR t.src_partition IS DISTINCT FROM excluded.src_partition
+          OR t.src_offset < excluded.src_offset
+RETURNING listing_id
+"""
+
+
+def day_bounds(d: date) -> tuple[datetime, datetime]:
+    start = datetime(d.year, d.month, d.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def partition_name(d: date) -> str:
+    return f"feedback_events_{d:%Y%m%d}"
+
+
+class PostgresUnitOfWork:
+    """:class:`~services.feedback.domain.FeedbackUnitOfWork` on one open transaction."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def claim_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        cur = await self.conn.execute(
+            b"INSERT INTO feedback_event_ids (event_id) SELECT unnest(%s::text[]) ORDER BY 1"
+            b" ON CONFLICT DO NOTHING RETURNING event_id",
+            (list(event_ids),),
+            binary=True,
+        )
+        return {r[0] for r in await cur.fetchall()}
+
+    async def listing_tags(self, listing_ids: Sequence[str]) -> dict[str, TagIds | None]:
+        cur = await self.conn.execute(
+            b"SELECT listing_id, tag_ids FROM feedback_listing_tags WHERE listing_id = ANY(%s::text[])",
+            (list(listing_ids),),
+            binary=True,
+        )
+        found = {lid: (tuple(tags) if tags is not None else None) for lid, tags in await cur.fetchall()}
+        unknown = sorted(lid for lid in listing_ids if found.get(lid) is None)
+        if unknown:
+            # A placeholder row to lock: the tags transaction of the same listing then either
+            # committed before (we see its tags now) or waits for us (and re-attributes our events).
+            await self.conn.execute(
+                b"INSERT INTO feedback_listing_tags (listing_id) SELECT unnest(%s::text[]) ORDER BY 1"
+                b" ON CONFLICT DO NOTHING",
+                (unknown,),
+            )
+            cur = await self.conn.execute(
+                b"SELECT listing_id, tag_ids FROM feedback_listing_tags WHERE listing_id = ANY(%s::text[])"
+                b" ORDER BY listing_id FOR SHARE",
+                (unknown,),
+                binary=True,
+            )
+            for lid, tags in await cur.fetchall():
+                found[lid] = tuple(tags) if tags is not None else None
+        return found
+
+    async def archive(self, rows: Sequence[ArchiveRow]) -> None:
+        async with self.conn.cursor() as cur:
+            copy_sql = f"COPY feedback_events ({_ARCHIVE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+            async with cur.copy(copy_sql.encode()) as copy:
+                copy.set_types(_ARCHIVE_TYPES)
+                for r in rows:
+                    ev = r.event
+                    await copy.write_row(
+                        (
+                            ev.event_id,
+                            ev.user_id,
+                            ev.listing_id,
+                            ev.type.value,
+                            ev.tag_id,
+                            ev.quantity,
+                            ev.price,
+                            revenue_decimal(r.revenue),
+                            ev.ts,
+                            list(r.tag_ids) if r.tag_ids is not None else None,
+                            r.partition,
+                            r.offset,
+                        )
+                    )
+
+    async def add_counts(self, deltas: Deltas) -> None:
+        for attr, sql in _UPSERTS.items():
+            table: dict[tuple[Any, ...], list[int]] = getattr(deltas, attr)
+            if not table:
+                continue
+            keys = sorted(table)
+            n_keys = len(keys[0])
+            columns: list[list[Any]] = [[k[i] for k in keys] for i in range(n_keys)]
+            for j in range(len(COUNTER_FIELDS)):
+                col = [table[k][j] for k in keys]
+                columns.append([revenue_decimal(x) for x in col] if j == _REV else col)
+            await self.conn.execute(sql, columns)
+
+    async def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        if not offsets:
+            return
+        keys = sorted(offsets)
+        await self.conn.execute(
+            b'INSERT INTO feedback_offsets AS o (consumer_group, topic, partition, "offset")'
+            b" SELECT %s, * FROM unnest(%s::text[], %s::int4[], %s::int8[]) ORDER BY 2, 3"
+            b" ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
+            b' SET "offset" = GREATEST(o."offset", excluded."offset"), updated_at = now()',
+            (group, [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys]),
+        )
+
+    async def set_listing_tags(self, updates: Sequence[TagUpdate]) -> list[TagUpdate]:
+        payload = orjson.dumps(
+            [
+                {
+                    "listing_id": u.listing_id,
+                    "tags": list(u.tag_ids),
+                    "deleted": u.deleted,
+                    "model_version": u.model_version,
+                    "p": u.partition,
+                    "o": u.offset,
+                }
+                for u in updates
+            ]
+        ).decode()
+        cur = await self.conn.execute(_SET_TAGS_SQL, (payload,))
+        applied = {r[0] for r in await cur.fetchall()}
+        return [u for u in updates if u.listing_id in applied]
+
+    async def take_pending(self, tags_by_listing: Mapping[str, TagIds]) -> list[tuple[Fact, TagIds]]:
+        cur = await self.conn.execute(
+            b"SELECT DISTINCT listing_id FROM feedback_events"
+            b" WHERE tag_ids IS NULL AND listing_id = ANY(%s::text[])",
+            (sorted(tags_by_listing),),
+        )
+        moved: list[tuple[Fact, TagIds]] = []
+        for (lid,) in sorted(await cur.fetchall()):
+            tags = tags_by_listing[lid]
+            rows = await self.conn.execute(
+                b"UPDATE feedback_events SET tag_ids = %s::text[], attributed_at = now()"
+                b" WHERE listing_id = %s AND tag_ids IS NULL"
+                b" RETURNING user_id, listing_id, type, quantity, revenue, ts",
+                (list(tags), lid),
+            )
+            for user_id, listing_id, type_, quantity, revenue, ts in await rows.fetchall():
+                fact = Fact(user_id, listing_id, type_, quantity, int(revenue.scaleb(4)), ts)
+                moved.append((fact, tags))
+        return moved
+
+
+@dataclass
+class StoreStats:
+    """Where a store's time went (seconds) and how often it had to retry."""
+
+    batches: int = 0
+    retries: int = 0
+    db_seconds: float = 0.0
+    partition_seconds: float = 0.0
+    by_step: dict[str, float] = field(default_factory=dict)
+
+
+class PostgresFeedbackStore:
+    """Runs feedback units of work on a psycopg async pool, retrying through outages.
+
+    Parameters
+    ----------
+    pool
+        An opened :class:`psycopg_pool.AsyncConnectionPool` (see :func:`shared.db.async_pool`).
+    group
+        Consumer group whose offsets are stored with the counts.
+    retry_s
+        First wait after a failed transaction; doubles up to ``max_retry_s``.
+    """
+
+    def __init__(
+        self, pool: AsyncConnectionPool, group: str, retry_s: float = 0.2, max_retry_s: float = 5.0
+    ) -> None:
+        self.pool = pool
+        self.group = group
+        self.retry_s = retry_s
+        self.max_retry_s = max_retry_s
+        self.stats = StoreStats()
+        self._days: set[date] = set()
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[PostgresUnitOfWork]:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield PostgresUnitOfWork(conn)
+
+    async def record_feedback(self, batch: Sequence[Consumed]) -> FeedbackResult:
+        """Count a micro-batch exactly once (one transaction; retried until it commits)."""
+        await self.ensure_partitions(c.event.ts for c in batch)
+
+        async def work() -> FeedbackResult:
+            async with self.unit_of_work() as uow:
+                return await handle_feedback(uow, batch, self.group)
+
+        return await self._retrying(work)
+
+    async def record_tags(self, updates: Sequence[TagUpdate], topic: str) -> TagsResult:
+        """Store listings' tags and attribute their pending feedback (one transaction)."""
+
+        async def work() -> TagsResult:
+            async with self.unit_of_work() as uow:
+                return await handle_tags(uow, updates, self.group, topic)
+
+        return await self._retrying(work)
+
+    async def ensure_partitions(self, timestamps: Iterable[datetime]) -> None:
+        """Create the archive's day partitions a batch needs (own short transaction)."""
+        missing = sorted({ts.astimezone(UTC).date() for ts in timestamps} - self._days)
+        if not missing:
+            return
+        t0 = time.perf_counter()
+
+        async def work() -> None:
+            async with self.pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK_KEY,))
+                for d in missing:
+                    lo, hi = day_bounds(d)
+                    await conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {partition_name(d)} PARTITION OF feedback_events"
+                        f" FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')".encode()
+                    )
+
+        await self._retrying(work)
+        self._days.update(missing)
+        self.stats.partition_seconds += time.perf_counter() - t0
+
+    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
+        delay = self.retry_s
+        t0 = time.perf_counter()
+        while True:
+            try:
+                result = await work()
+                self.stats.batches += 1
+                self.stats.db_seconds += time.perf_counter() - t0
+                return result
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                log.warning("feedback: transaction aborted (%s); retrying", type(exc).__name__)
+            except psycopg.OperationalError as exc:
+                # Postgres restarting or unreachable: nothing was committed, so wait and redo it all.
+                log.warning("feedback: Postgres unavailable (%s); retrying in %.1fs", exc, delay)
+            self.stats.retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_s)
+
+
+def _recount_sql(owner: str, hourly: bool) -> str:
+    hour = ", date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" if hourly else ""
+    keys = f"{owner}, tag" + hour
+    return f"""
+        SELECT {keys},
+            count(*), count(*) FILTER (WHERE type = 'impression'), count(*) FILTER (WHERE type = 'click'),
+            count(*) FILTER (WHERE type = 'add_to_cart'), count(*) FILTER (WHERE type = 'purchase'),
+            coalesce(sum(quantity) FILTER (WHERE type = 'purchase'), 0),
+            coalesce(sum(revenue) FILTER (WHERE type = 'purchase'), 0),
+            count(*) FILTER (WHERE type = 'tag_accept'), count(*) FILTER (WHERE type = 'tag_reject')
+        FROM feedback_events, unnest(coalesce(tag_ids, ARRAY['{PENDING_TAG}'])) AS tag
+        GROUP BY {keys}"""
+
+
+def recount_mismatches(url: str) -> dict[str, int]:
+    """Rows where a count table differs from a recount from the archive (all zero when exact).
+
+    An audit, not a hot path: blocking, full scans. Rows whose counters are all zero
+    (pending counts moved away) are ignored.
+    """
+    out: dict[str, int] = {}
+    counters = ", ".join(COUNTER_FIELDS)
+    nonzero = " OR ".join(f"{c} <> 0" for c in COUNTER_FIELDS)
+    with psycopg.connect(url) as conn:
+        for table, keys, _ in _COUNT_TABLES.values():
+            owner = keys[0]
+            recount = _recount_sql(owner, hourly="hour" in keys)
+            stored = f"SELECT {', '.join(keys)}, {counters} FROM {table} WHERE {nonzero}"
+            row = conn.execute(
+                f"SELECT (SELECT count(*) FROM ({stored} EXCEPT {recount}) a)"
+                f" + (SELECT count(*) FROM ({recount} EXCEPT {stored}) b)".encode()
+            ).fetchone()
+            out[table] = int(row[0]) if row else -1
+    return out
