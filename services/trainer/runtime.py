@@ -1,0 +1,159 @@
+"""Serving runtime of an exported tag model version, in-process or inside Triton's Python backend.
+
+Each version directory's ``model.py`` is one import of :class:`TritonTagModel`, so Triton and
+in-process callers run the same code on the same files and get the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.trainer.artifacts import ModelCard, load_model_card
+
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.pt"
+TOKENIZER_DIR = "tokenizer"
+
+
+class TagModelRuntime:
+    """Loads ``model.onnx`` (onnxruntime) or ``model.pt`` (TorchScript) and the tokenizer of a version.
+
+    Parameters
+    ----------
+    version_dir : Path
+        ``<repository>/<model>/<version>/``.
+    device : str
+        ``"cpu"`` or ``"cuda:N"``; CUDA is used only if the installed runtime supports it.
+    export_format : str or None
+        Override the card's format (both files may exist side by side, e.g. for benchmarks).
+    """
+
+    def __init__(self, version_dir: Path, device: str = "cpu", export_format: str | None = None):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        from transformers import AutoTokenizer
+
+        self.version_dir = Path(version_dir)
+        self.card: ModelCard = load_model_card(self.version_dir)
+        self.format = export_format or self.card.export_format
+        self.max_length = self.card.max_length
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(
+            str(self.version_dir / TOKENIZER_DIR), local_files_only=True
+        )
+        self.device = device
+        if self.format == "onnx":
+            import onnxruntime as ort
+
+            available = ort.get_available_providers()
+            providers = ["CPUExecutionProvider"]
+            if device.startswith("cuda") and "CUDAExecutionProvider" in available:
+                providers.insert(0, "CUDAExecutionProvider")
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            self._session: Any = ort.InferenceSession(
+                str(self.version_dir / ONNX_FILE), sess_options=opts, providers=providers
+            )
+        else:
+            import torch
+
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                self.device = "cpu"
+            self._module: Any = torch.jit.load(
+                str(self.version_dir / TORCHSCRIPT_FILE), map_location=self.device
+            )
+            self._module.eval()
+
+    def infer(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """``{"PROBS": float32 [n, n_tags], "EMBEDDING": float32 [n, dim]}`` for ``texts``, in order."""
+        items = list(texts)
+        n_tags = len(self.card.vocabulary)
+        probs = np.zeros((len(items), n_tags), dtype=np.float32)
+        embs = np.zeros((len(items), self.card.embedding_dim), dtype=np.float32)
+        # Similar lengths together: less padding, and results do not depend on arrival order.
+        order = sorted(range(len(items)), key=lambda i: (len(items[i]), i))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            p, e = self._run([items[i] for i in idx])
+            probs[idx] = p
+            embs[idx] = e
+        return {"PROBS": probs, "EMBEDDING": embs}
+
+    def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        ids = enc["input_ids"].astype(np.int64)
+        att = enc["attention_mask"].astype(np.int64)
+        if self.format == "onnx":
+            probs, emb = self._session.run(None, {"input_ids": ids, "attention_mask": att})
+            return probs, emb
+        import torch
+
+        with torch.inference_mode():
+            p, e = self._module(torch.from_numpy(ids).to(self.device), torch.from_numpy(att).to(self.device))
+        return p.float().cpu().numpy(), e.float().cpu().numpy()
+
+
+class TritonTagModel:
+    """Triton Python model: ``TEXT`` (BYTES [batch, 1]) -> ``PROBS`` [batch, n_tags], ``EMBEDDING``."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self._pb = pb_utils
+        config = json.loads(args["model_config"])
+        # KIND_AUTO resolves to GPU where Triton sees one; the runtime falls back to CPU
+        # when the installed onnxruntime/torch cannot use it.
+        kind = args.get("model_instance_kind", "CPU")
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.runtime = TagModelRuntime(version_dir, device=device)
+        self.batch_size = max(1, int(config.get("max_batch_size") or 64))
+        pb_utils.Logger.log_info(
+            f"tag_model: version={args['model_version']} format={self.runtime.format} kind={kind} "
+            f"tags={len(self.runtime.card.vocabulary)}"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = self._pb
+        responses: list[Any] = [None] * len(requests)
+        texts: list[str] = []
+        spans: list[tuple[int, int, int]] = []
+        for r, request in enumerate(requests):
+            tensor = pb.get_input_tensor_by_name(request, "TEXT")
+            try:
+                if tensor is None:
+                    raise ValueError("missing input TEXT")
+                values = [
+                    v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                    for v in tensor.as_numpy().reshape(-1)
+                ]
+            except (ValueError, UnicodeDecodeError) as exc:
+                err = pb.TritonError(f"bad TEXT: {exc}", pb.TritonError.INVALID_ARG)
+                responses[r] = pb.InferenceResponse(error=err)
+                continue
+            spans.append((r, len(texts), len(texts) + len(values)))
+            texts.extend(values)
+        if spans:
+            try:
+                out = self.runtime.infer(texts, batch_size=self.batch_size)
+            except Exception as exc:  # answer each request instead of crashing the instance
+                err = pb.TritonError(f"tag model failed: {exc}", pb.TritonError.INTERNAL)
+                for r, _, _ in spans:
+                    responses[r] = pb.InferenceResponse(error=err)
+            else:
+                for r, start, end in spans:
+                    tensors = [
+                        pb.Tensor("PROBS", out["PROBS"][start:end]),
+                        pb.Tensor("EMBEDDING", out["EMBEDDING"][start:end]),
+                    ]
+                    responses[r] = pb.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def finalize(self) -> None:
+        self.runtime = None  # type: ignore[assignment]
