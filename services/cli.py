@@ -2,20 +2,93 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
 from services.feedback import cli as feedback_cli
 from services.learner import cli as learner_cli
+from services.simulator import cli as simulator_cli
+from services.tagger import cli as tagger_cli
 from services.trainer import cli as trainer_cli
+from shared.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="tagloop: streaming product tagging with a feedback loop.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure quality (JSON with --json).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (code in bench/), ratios measured in one run.")
+dev_app = typer.Typer(no_args_is_help=True, help="The local stack: broker, Postgres, Triton on loopback.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
+schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schemas of the events.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
+app.add_typer(dev_app, name="dev")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
 
-for service_cli in (trainer_cli, feedback_cli, learner_cli):
+for service_cli in (trainer_cli, feedback_cli, learner_cli, tagger_cli, simulator_cli):
     service_cli.register(app, eval_app=eval_app, bench_app=bench_app)
+
+
+@dev_app.command("up")
+def dev_up(no_triton: bool = typer.Option(False, help="Skip Triton (broker and Postgres only)")) -> None:
+    """Start the broker, Postgres (configured or embedded) and Triton; write their addresses."""
+    from shared.devstack import stack
+    from shared.devstack.process import StackError
+
+    try:
+        info = stack.up(Settings(), with_triton=not no_triton)
+    except StackError as exc:
+        typer.secho(f"dev up failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(info.settings_overrides(), indent=2))
+    typer.echo(f"postgres: {info.postgres_mode}; triton models: {', '.join(info.triton_models) or '-'}")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop the processes `dev up` started (by pid); leave anything else alone."""
+    from shared.devstack import stack
+
+    for name, stopped in stack.down(Settings().state_dir).items():
+        typer.echo(f"{name}: {'stopped' if stopped else 'not running'}")
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """What runs and where."""
+    from shared.devstack import stack
+
+    typer.echo(json.dumps(stack.status(Settings().state_dir), indent=2))
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every tagloop topic with its partitions and cleanup policy (idempotent)."""
+    from shared.kafka import create_all_topics
+
+    for topic, state in create_all_topics(Settings()).items():
+        typer.echo(f"{topic}: {state}")
+
+
+@schemas_app.command("write")
+def schemas_write(directory: Path = typer.Option(Path("schemas"))) -> None:
+    """Regenerate the JSON Schema files from the event models."""
+    from shared.schemas import write_schemas
+
+    for path in write_schemas(directory):
+        typer.echo(str(path))
+
+
+@app.command("demo")
+def demo(
+    limit: int = typer.Option(200, help="How many real listings to stream"),
+    keep: bool = typer.Option(False, help="Leave the local stack running afterwards"),
+) -> None:
+    """dev up → topics → stream real listings → print tags as they arrive → dev down."""
+    from services.demo import run_demo
+
+    raise typer.Exit(run_demo(limit=limit, keep=keep))
 
 
 def main() -> None:

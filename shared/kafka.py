@@ -136,13 +136,29 @@ def broker_ready(kafka: KafkaSettings, timeout_s: float = 2.0) -> bool:
 
 
 def dead_letter_for(msg: Message, error: BaseException, service: str) -> DeadLetter:
-    """The dead-letter record for a consumed message that could not be processed."""
-    return DeadLetter(
-        original=msg.value() or b"",
-        original_key=msg.key(),
+    """The dead-letter record for a consumed confluent-kafka message that could not be processed."""
+    return make_dead_letter(
         topic=msg.topic() or "",
         partition=msg.partition() or 0,
         offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        error=error,
+        service=service,
+    )
+
+
+def make_dead_letter(
+    *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+    error: BaseException, service: str,
+) -> DeadLetter:
+    """The dead-letter record for any consumed message (confluent, aiokafka/faust or our own)."""
+    return DeadLetter(
+        original=value or b"",
+        original_key=key,
+        topic=topic,
+        partition=partition,
+        offset=offset,
         error_class=type(error).__name__,
         reason=_reason(error),
         service=service,

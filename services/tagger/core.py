@@ -1,0 +1,140 @@
+"""The tagger's pure core: raw listing records in, a plan of what to publish out.
+
+No Kafka, no Triton here. The pipeline hands each consumed batch to :func:`plan_batch`,
+infers tags for ``plan.to_tag`` with whatever backend it has, and turns the results
+into records with :func:`tag_record` / :func:`tombstone_record`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from shared.events import ListingEvent, ListingOp, Tag, TagEvent, decode, encode
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """What the core needs of a consumed Kafka message (decoupled from confluent's Message)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    record: RawRecord
+    error: Exception
+
+
+@dataclass(frozen=True)
+class ToTag:
+    record: RawRecord
+    listing: ListingEvent
+    content_hash: str
+
+
+@dataclass
+class BatchPlan:
+    """What to do with one consumed batch, in input order per listing."""
+
+    to_tag: list[ToTag] = field(default_factory=list)
+    deleted: list[tuple[RawRecord, ListingEvent]] = field(default_factory=list)
+    unchanged: list[RawRecord] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None is a tombstone
+
+
+def content_hash(listing: ListingEvent) -> str:
+    """Hash of the text the model reads: an update that does not change it is not re-tagged."""
+    return hashlib.sha256(listing.tagged_text().encode()).hexdigest()[:32]
+
+
+def decode_listing(record: RawRecord) -> ListingEvent:
+    """Validate a record; the key, when present, must match the listing id (keys drive ordering)."""
+    listing = decode(ListingEvent, record.value)
+    if record.key is not None and record.key.decode("utf-8", "replace") != listing.listing_id:
+        raise ValueError(
+            f"message key {record.key[:100]!r} does not match listing_id {listing.listing_id!r}"
+        )
+    return listing
+
+
+class SeenContent:
+    """Bounded memory of the last tagged (content hash, model version) per listing."""
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self._capacity = capacity
+        self._last: OrderedDict[str, str] = OrderedDict()
+
+    def unchanged(self, listing_id: str, fingerprint: str) -> bool:
+        return self._last.get(listing_id) == fingerprint
+
+    def remember(self, listing_id: str, fingerprint: str) -> None:
+        self._last[listing_id] = fingerprint
+        self._last.move_to_end(listing_id)
+        while len(self._last) > self._capacity:
+            self._last.popitem(last=False)
+
+    def forget(self, listing_id: str) -> None:
+        self._last.pop(listing_id, None)
+
+
+def plan_batch(records: Sequence[RawRecord], seen: SeenContent, model_version: str) -> BatchPlan:
+    """Decode and route every record of a batch: tag, tombstone, skip (unchanged) or reject.
+
+    ``seen`` is updated as the plan is made, so a batch holding two updates of one
+    listing with the same text tags it once.
+    """
+    plan = BatchPlan()
+    for record in records:
+        try:
+            listing = decode_listing(record)
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            plan.rejected.append(Rejected(record, exc))
+            continue
+        if listing.op == ListingOp.DELETED:
+            seen.forget(listing.listing_id)
+            plan.deleted.append((record, listing))
+            continue
+        digest = content_hash(listing)
+        fingerprint = f"{digest}:{model_version}"
+        if listing.op == ListingOp.UPDATED and seen.unchanged(listing.listing_id, fingerprint):
+            plan.unchanged.append(record)
+            continue
+        seen.remember(listing.listing_id, fingerprint)
+        plan.to_tag.append(ToTag(record, listing, digest))
+    return plan
+
+
+def tag_record(
+    topic: str, item: ToTag, tags: list[Tag], model_name: str, model_version: str
+) -> OutRecord:
+    """The TagEvent record for one listing version: identical for identical input and model."""
+    event = TagEvent(
+        listing_id=item.listing.listing_id,
+        tags=tags,
+        model_name=model_name,
+        model_version=model_version,
+        source_event_id=item.listing.event_id,
+        content_hash=item.content_hash,
+    )
+    return OutRecord(topic, item.listing.listing_id.encode(), encode(event))
+
+
+def tombstone_record(topic: str, listing: ListingEvent) -> OutRecord:
+    """A deleted listing clears its tags from the compacted changelog."""
+    return OutRecord(topic, listing.listing_id.encode(), None)

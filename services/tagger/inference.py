@@ -1,0 +1,156 @@
+"""Tag backends: texts in, tags out, stamped with the model that actually produced them.
+
+* :class:`TritonZeroShotBackend`: the MiniLM encoder served by Triton + zero-shot taxonomy tags.
+* :class:`TritonTagModelBackend`: the trained tag model served by Triton (a pinned version),
+  with zero-shot tags for the taxonomy categories it was not trained on.
+
+:func:`build_backend` picks the trained model when one is in the repository, zero-shot otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from shared.events import Tag
+from shared.settings import Settings
+from shared.taxonomy import load_taxonomy
+from shared.triton_client import AsyncTritonTextClient
+from services.tagger.zero_shot import ZeroShotTagger, label_text
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT_MODEL_NAME = "zero-shot-minilm"
+TRITON_MAX_BATCH = 64  # max_batch_size of the Triton models
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """Name and version written on every TagEvent."""
+
+    name: str
+    version: str
+
+
+class TagBackend(Protocol):
+    stamp: ModelStamp
+
+    async def tag(self, texts: Sequence[str]) -> list[list[Tag]]: ...
+
+    async def ready(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+async def embed_in_chunks(
+    infer: Callable[[list[str]], Awaitable[dict[str, np.ndarray]]], texts: Sequence[str], output: str
+) -> np.ndarray:
+    """Embed many texts through a batch-limited model, several chunks in flight."""
+    chunks = [list(texts[i : i + TRITON_MAX_BATCH]) for i in range(0, len(texts), TRITON_MAX_BATCH)]
+    results = await asyncio.gather(*(infer(chunk) for chunk in chunks))
+    return np.concatenate([r[output] for r in results]) if results else np.zeros((0, 384), np.float32)
+
+
+async def zero_shot_tagger(
+    settings: Settings, infer: Callable[[list[str]], Awaitable[dict[str, np.ndarray]]], cache_key: str,
+    max_depth: int = 3,
+) -> ZeroShotTagger:
+    """Build the zero-shot tagger; label embeddings are cached in the state dir per model version."""
+    taxonomy = load_taxonomy(settings.data_dir / "shopify-taxonomy")
+    probe = ZeroShotTagger.build(taxonomy, lambda xs: np.zeros((len(xs), 1), np.float32), max_depth=max_depth)
+    texts = [label_text(c) for c in probe.categories]
+    digest = hashlib.sha256("\n".join([cache_key, *texts]).encode()).hexdigest()[:16]
+    cache = settings.state_dir / "cache" / f"zero-shot-{digest}.npy"
+    if cache.exists():
+        embeddings = np.load(cache)
+    else:
+        embeddings = await embed_in_chunks(infer, texts, "EMBEDDING")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, embeddings)
+    return ZeroShotTagger.from_embeddings(probe.categories, embeddings)
+
+
+class TritonZeroShotBackend:
+    """Encoder on Triton, zero-shot taxonomy tags in process."""
+
+    def __init__(self, client: AsyncTritonTextClient, tagger: ZeroShotTagger, stamp: ModelStamp) -> None:
+        self.client, self.tagger, self.stamp = client, tagger, stamp
+
+    @classmethod
+    async def create(cls, settings: Settings) -> TritonZeroShotBackend:
+        client = AsyncTritonTextClient(settings.triton.grpc_url, settings.triton.encoder_model,
+                                       settings.triton.timeout_s)
+        version = await client.model_version()
+        stamp = ModelStamp(ZERO_SHOT_MODEL_NAME, f"{settings.triton.encoder_model}.v{version}")
+        tagger = await zero_shot_tagger(settings, client.infer, f"{stamp.name}:{stamp.version}")
+        return cls(client, tagger, stamp)
+
+    async def tag(self, texts: Sequence[str]) -> list[list[Tag]]:
+        out = await self.client.infer(list(texts))
+        return self.tagger.tag(out["EMBEDDING"])
+
+    async def ready(self) -> bool:
+        return await self.client.ready()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class TritonTagModelBackend:
+    """The trained tag model on Triton, one pinned version, with its model card."""
+
+    def __init__(self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None) -> None:
+        from services.trainer.artifacts import load_model_card
+
+        self.client = client
+        self.card = load_model_card(version_dir)
+        self.zero_shot = zero_shot
+        self.stamp = ModelStamp(self.card.model_name, str(self.card.version))
+
+    @classmethod
+    async def create(cls, settings: Settings, version: int) -> TritonTagModelBackend:
+        name = settings.triton.tag_model
+        client = AsyncTritonTextClient(settings.triton.grpc_url, name, settings.triton.timeout_s,
+                                       model_version=str(version))
+        version_dir = settings.triton_model_repository / name / str(version)
+        zero_shot = await zero_shot_tagger(settings, client.infer, f"{name}:{version}")
+        return cls(client, version_dir, zero_shot)
+
+    async def tag(self, texts: Sequence[str]) -> list[list[Tag]]:
+        from services.trainer.predictor import tags_from_probs
+
+        out = await self.client.infer(list(texts))
+        return tags_from_probs(out["PROBS"], self.card, embeddings=out["EMBEDDING"], zero_shot=self.zero_shot)
+
+    async def ready(self) -> bool:
+        return await self.client.ready()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def build_backend(settings: Settings) -> TagBackend:
+    """The trained tag model if a version is in the repository and served, else zero-shot."""
+    from services.trainer.artifacts import latest_version
+
+    version = latest_version(settings.triton_model_repository, settings.triton.tag_model)
+    if version is not None:
+        probe = AsyncTritonTextClient(settings.triton.grpc_url, settings.triton.tag_model,
+                                      settings.triton.timeout_s, model_version=str(version))
+        try:
+            served = await probe.model_ready()
+        finally:
+            await probe.close()
+        if served:
+            log.info("tagging with %s version %s", settings.triton.tag_model, version)
+            return await TritonTagModelBackend.create(settings, version)
+        log.warning("%s version %s is in the repository but not served by Triton; using zero-shot",
+                    settings.triton.tag_model, version)
+    return await TritonZeroShotBackend.create(settings)

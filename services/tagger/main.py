@@ -1,0 +1,67 @@
+"""Entrypoint of one tagger process: ``tagloop tagger run`` or ``python -m services.tagger.main``.
+
+Bootstrap: settings → tag backend (trained model or zero-shot, on Triton) → pipeline
+→ health/metrics endpoint → run until SIGTERM/SIGINT, then drain and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from services.tagger.inference import build_backend
+from services.tagger.metrics import HealthServer, TaggerMetrics
+from services.tagger.pipeline import TaggerOptions, TaggerPipeline
+from shared.settings import Settings
+
+log = logging.getLogger("tagloop.tagger")
+
+
+async def serve(settings: Settings, options: TaggerOptions, http_port: int | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run one tagger until ``stop`` is set (or a signal arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    backend = await build_backend(settings)
+    log.info("model %s version %s", backend.stamp.name, backend.stamp.version)
+    metrics = TaggerMetrics()
+    pipeline = TaggerPipeline(settings, backend, options, metrics)
+    health = None
+    if http_port is not None:
+        health = HealthServer(metrics, pipeline.ready, "127.0.0.1", http_port)
+        health.start()
+        log.info("metrics on http://127.0.0.1:%d/metrics", health.port)
+    try:
+        await pipeline.run(stop)
+    finally:
+        if health:
+            health.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="tagloop tagger")
+    parser.add_argument("--group-id", default="tagloop-tagger")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=50)
+    parser.add_argument("--max-inflight", type=int, default=4)
+    parser.add_argument("--transactional", action="store_true")
+    parser.add_argument("--http-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    options = TaggerOptions(
+        group_id=args.group_id, batch_size=args.batch_size, max_wait_s=args.max_wait_ms / 1000,
+        max_inflight=args.max_inflight, transactional=args.transactional,
+    )
+    asyncio.run(serve(Settings(), options, args.http_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""The tagger pipeline: listings → decode/plan → Triton → listing-tags → commit.
+
+Reads top to bottom in :meth:`TaggerPipeline.run`. Guarantees:
+
+* Offsets are committed only after every record a batch produced (tags, tombstones,
+  dead letters) is delivered, in batch order; so nothing acknowledged is lost.
+* Output for a listing version is deterministic and produced idempotently, so a
+  redelivery after a crash repeats an identical record (a processing ``ts`` aside).
+* Several batches are inferred concurrently (``max_inflight``); when that bound is
+  reached, or the Triton circuit is open, consumption pauses (backpressure).
+* On a partition revocation the in-flight work is finished, delivered and committed
+  before the partitions go, so a rebalance neither loses nor duplicates output.
+* ``transactional=True`` wraps each batch's output and offsets in a Kafka transaction
+  (Apache Kafka; the local tansu broker does not implement transactions correctly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from pydantic import BaseModel
+
+from services.tagger.core import (
+    BatchPlan,
+    OutRecord,
+    RawRecord,
+    SeenContent,
+    plan_batch,
+    tag_record,
+    tombstone_record,
+)
+from services.tagger.inference import TagBackend
+from services.tagger.metrics import TaggerMetrics
+from services.tagger.resilience import CircuitBreaker, CircuitState, call_with_retry
+from shared.events import encode
+from shared.kafka import consumer_config, make_dead_letter, producer_config
+from shared.settings import Settings
+from shared.triton_client import is_retryable
+
+log = logging.getLogger(__name__)
+SERVICE = "tagger"
+
+
+class TaggerOptions(BaseModel):
+    """Knobs of one tagger process."""
+
+    group_id: str = "tagloop-tagger"
+    batch_size: int = 32
+    max_wait_s: float = 0.05
+    max_inflight: int = 4
+    transactional: bool = False
+    transactional_id: str | None = None
+
+
+@dataclass
+class BatchResult:
+    records: list[OutRecord]
+    event_ts: list[float]  # listing ts (epoch s) of each tag record, for end-to-end latency
+
+
+@dataclass
+class Inflight:
+    """One consumed batch on its way through inference and delivery."""
+
+    task: asyncio.Task[BatchResult]
+    offsets: dict[tuple[str, int], int]
+    pending: int = 0
+    failed: KafkaError | None = None
+    published: bool = False
+    event_ts: list[float] = field(default_factory=list)
+
+
+def next_offsets(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:
+    """The offset to commit per partition after this batch (last offset + 1)."""
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        out[(r.topic, r.partition)] = max(out.get((r.topic, r.partition), 0), r.offset + 1)
+    return out
+
+
+def to_raw(msg: Message) -> RawRecord:
+    return RawRecord(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value())
+
+
+class TaggerPipeline:
+    """One tagger process: a consumer-group member on ``listings``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: TagBackend,
+        options: TaggerOptions | None = None,
+        metrics: TaggerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.options = options or TaggerOptions()
+        self.metrics = metrics or TaggerMetrics()
+        self.breaker = CircuitBreaker(on_change=self._on_circuit)
+        self.seen = SeenContent()
+        self.inflight: deque[Inflight] = deque()
+        self.assigned: set[tuple[str, int]] = set()
+        self.paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # -- the pipeline, top to bottom -------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume, infer, publish and commit until ``stop`` is set; then drain and close."""
+        self._loop = asyncio.get_running_loop()
+        self.consumer, self.producer = self._build_clients()
+        self.consumer.subscribe(
+            [self.settings.topics.listings], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not stop.is_set():
+                self._apply_backpressure()
+                msgs = await asyncio.to_thread(
+                    self.consumer.consume, self.options.batch_size,
+                    self.options.max_wait_s if not self.paused else 0.1,
+                )
+                records = [to_raw(m) for m in msgs if not self._is_error(m)]
+                if records:
+                    self.metrics.consumed.inc(len(records))
+                    task = asyncio.create_task(self._process(records))
+                    self.inflight.append(Inflight(task, next_offsets(records)))
+                    self.metrics.inflight.set(len(self.inflight))
+                await self._publish_finished(block=False)
+                self.producer.poll(0)
+                self._commit_delivered()
+        finally:
+            await self._shutdown()
+
+    async def _process(self, records: list[RawRecord]) -> BatchResult:
+        """decode → plan → infer (with retries) → records to publish, in input order."""
+        plan = plan_batch(records, self.seen, self.backend.stamp.version)
+        out: list[OutRecord] = []
+        tagged = await self._infer(plan)
+        topic = self.settings.topics.tags
+        stamp = self.backend.stamp
+        event_ts: list[float] = []
+        for item in plan.to_tag:
+            result = tagged.get(item.record.offset, item.record.partition)
+            if isinstance(result, Exception):
+                self.seen.forget(item.listing.listing_id)
+                out.append(self._dead_letter(item.record, result))
+            else:
+                out.append(tag_record(topic, item, result, stamp.name, stamp.version))
+                event_ts.append(item.listing.ts.timestamp())
+        out += [tombstone_record(topic, listing) for _, listing in plan.deleted]
+        out += [self._dead_letter(rej.record, rej.error) for rej in plan.rejected]
+        self.metrics.skipped_unchanged.inc(len(plan.unchanged))
+        return BatchResult(out, event_ts)
+
+    async def _infer(self, plan: BatchPlan) -> _Results:
+        """Tags per listing; a batch Triton rejects is split to isolate the invalid listings."""
+        results = _Results()
+        if not plan.to_tag:
+            return results
+        self.metrics.batch_size.observe(len(plan.to_tag))
+        texts = [item.listing.tagged_text() for item in plan.to_tag]
+        keys = [(item.record.offset, item.record.partition) for item in plan.to_tag]
+        await self._infer_into(texts, keys, results)
+        return results
+
+    async def _infer_into(self, texts: list[str], keys: list[tuple[int, int]], results: _Results) -> None:
+        started = time.perf_counter()
+        try:
+            tags = await call_with_retry(
+                lambda: self.backend.tag(texts), is_retryable=is_retryable, breaker=self.breaker,
+                ready=self.backend.ready,
+            )
+        except Exception as exc:  # not retryable: invalid input somewhere in this batch
+            if len(texts) == 1:
+                results.put(keys[0], exc)
+                return
+            mid = len(texts) // 2
+            await self._infer_into(texts[:mid], keys[:mid], results)
+            await self._infer_into(texts[mid:], keys[mid:], results)
+            return
+        self.metrics.triton_latency.observe(time.perf_counter() - started)
+        for key, item_tags in zip(keys, tags, strict=True):
+            results.put(key, item_tags)
+
+    # -- publish and commit ---------------------------------------------------------
+
+    async def _publish_finished(self, block: bool) -> None:
+        """Publish finished batches strictly in consumption order (keeps per-listing order)."""
+        while self.inflight:
+            head = next((b for b in self.inflight if not b.published), None)
+            if head is None:
+                return
+            if not head.task.done():
+                if not block:
+                    return
+                await asyncio.wait({head.task})
+            self._publish(head, head.task.result())
+
+    def _publish(self, batch: Inflight, result: BatchResult) -> None:
+        assert self.producer is not None and self.consumer is not None
+        if self.options.transactional:
+            self.producer.begin_transaction()
+        for rec in result.records:
+            batch.pending += 1
+            self._produce(rec, batch)
+        batch.published = True
+        batch.event_ts = result.event_ts
+        if self.options.transactional:
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()],
+                self.consumer.consumer_group_metadata(),
+            )
+            self.producer.commit_transaction()
+
+    def _produce(self, rec: OutRecord, batch: Inflight) -> None:
+        assert self.producer is not None
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            batch.pending -= 1
+            if err is not None:
+                batch.failed = err
+
+        while True:
+            try:
+                self.producer.produce(rec.topic, key=rec.key, value=rec.value, on_delivery=delivered)
+                break
+            except BufferError:  # local queue full: serve deliveries, then retry
+                self.producer.poll(0.05)
+        kind = "dead_letter" if rec.topic == self.settings.topics.dead_letter else (
+            "tombstone" if rec.value is None else "tags")
+        if kind == "dead_letter":
+            self.metrics.dead_lettered.inc()
+        else:
+            self.metrics.produced.labels(kind).inc()
+
+    def _commit_delivered(self, asynchronous: bool = True) -> list[TopicPartition]:
+        """Commit the offsets of leading batches whose every record was delivered."""
+        assert self.consumer is not None
+        offsets: dict[tuple[str, int], int] = {}
+        now = time.time()
+        while self.inflight and self.inflight[0].published and self.inflight[0].pending == 0:
+            batch = self.inflight.popleft()
+            if batch.failed is not None:
+                # Never commit past a record that was not delivered: fail, restart, redo.
+                raise RuntimeError(f"delivery failed: {batch.failed}")
+            for ts in batch.event_ts:
+                self.metrics.end_to_end.observe(max(0.0, now - ts))
+            offsets.update(batch.offsets)
+        self.metrics.inflight.set(len(self.inflight))
+        owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
+        if owned and not self.options.transactional:
+            self.consumer.commit(offsets=owned, asynchronous=asynchronous)
+        return owned
+
+    async def _drain(self) -> None:
+        """Finish, publish and deliver everything in flight (before a revoke or at shutdown)."""
+        assert self.producer is not None
+        await self._publish_finished(block=True)
+        while any(b.pending for b in self.inflight):
+            self.producer.flush(1.0)
+        self._commit_delivered(asynchronous=False)
+
+    # -- backpressure, rebalance, shutdown ------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        assert self.consumer is not None
+        want_pause = len(self.inflight) >= self.options.max_inflight or self.breaker.is_open
+        if want_pause == self.paused:
+            return
+        parts = [TopicPartition(t, p) for t, p in self.assigned]
+        if parts:
+            (self.consumer.pause if want_pause else self.consumer.resume)(parts)
+        self.paused = want_pause
+        self.metrics.paused.set(1 if want_pause else 0)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self.paused and partitions:
+            consumer.pause(partitions)
+        log.info("assigned %s", sorted(self.assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Runs inside consume() on the worker thread while the event loop is free:
+        # finish the work for these partitions there, then commit before letting go.
+        if self._loop is not None and self.inflight and not self._closing:
+            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (not revoked): another member may own them already; do not commit for them.
+        self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def _on_circuit(self, state: CircuitState) -> None:
+        self.metrics.circuit_open.set(1 if state == CircuitState.OPEN else 0)
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        for topic, tstats in stats.get("topics", {}).items():
+            for pid, pstats in tstats.get("partitions", {}).items():
+                lag = pstats.get("consumer_lag", -1)
+                if int(pid) >= 0 and lag >= 0:
+                    self.metrics.consumer_lag.labels(topic, pid).set(lag)
+
+    def ready(self) -> bool:
+        return bool(self.assigned) and not self.breaker.is_open
+
+    async def _shutdown(self) -> None:
+        """Finish in-flight work (or abort the open transaction), then close clients."""
+        try:
+            if self.consumer is not None and self.producer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._drain(), timeout=30)
+                if self.options.transactional:
+                    with contextlib.suppress(Exception):
+                        self.producer.abort_transaction(5)
+                self.producer.flush(10)
+        finally:
+            self._closing = True
+            for b in self.inflight:
+                b.task.cancel()
+            if self.consumer is not None:
+                self.consumer.close()
+            await self.backend.close()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _build_clients(self) -> tuple[Consumer, Producer]:
+        k = self.settings.kafka
+        cconf = consumer_config(k, self.options.group_id, read_committed=self.options.transactional)
+        cconf["statistics.interval.ms"] = 5000
+        cconf["stats_cb"] = self._on_stats
+        consumer = Consumer(cconf)
+        tid = self.options.transactional_id if self.options.transactional else None
+        producer = Producer(producer_config(k, transactional_id=tid or (
+            f"{self.options.group_id}-tx" if self.options.transactional else None)))
+        if self.options.transactional:
+            producer.init_transactions(30)
+        return consumer, producer
+
+    def _dead_letter(self, record: RawRecord, error: BaseException) -> OutRecord:
+        letter = make_dead_letter(
+            topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
+            value=record.value, error=error, service=SERVICE,
+        )
+        return OutRecord(self.settings.topics.dead_letter, record.key, encode(letter))
+
+    @staticmethod
+    def _is_error(msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", err)
+        return True
+
+
+class _Results:
+    """Inference results keyed by (offset, partition) of the listing record."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[int, int], list | Exception] = {}
+
+    def put(self, key: tuple[int, int], value: list | Exception) -> None:
+        self._by_key[key] = value
+
+    def get(self, offset: int, partition: int) -> list | Exception:
+        return self._by_key[(offset, partition)]
