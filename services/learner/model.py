@@ -1,0 +1,336 @@
+"""The online engagement model: pure river estimators and the stream-level :class:`AffinityModel`.
+
+Two layers, both free of I/O:
+
+* :class:`UserTagClassifier` is a river classifier of P(engagement | user, tag) on
+  ``{"user": ..., "tag": ...}`` dicts. It wraps either a factorization machine
+  (``river.facto.FMClassifier`` on one-hot user and tag) or a hashed logistic
+  regression (``FeatureHasher | LogisticRegression`` on user, tag and user×tag).
+* :class:`AffinityModel` turns feedback events into labelled (user, tag) samples:
+  engagements are weighted positives, impressions become negatives once no
+  engagement followed within a window, duplicates (by ``event_id``) are dropped,
+  and events of listings whose tags are not known yet wait for them.
+
+Examples
+--------
+>>> clf = UserTagClassifier(kind="lr")
+>>> clf.learn_one({"user": "u1", "tag": "shoes"}, True)
+>>> clf.predict_proba_one({"user": "u1", "tag": "shoes"})[True] > 0.5
+True
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import base, facto, linear_model, optim, preprocessing
+
+from services.learner.features import (
+    IGNORED_TYPES,
+    NEGATIVE_WEIGHT,
+    Features,
+    ModelKind,
+    engagement_weight,
+    featurizer,
+    is_engagement,
+    tag_only_features,
+)
+from shared.events import FeedbackEvent, FeedbackType
+
+
+class UserTagClassifier(base.Classifier):
+    """P(engagement | user, tag) as a river classifier on ``{"user": str, "tag": str}``.
+
+    Parameters
+    ----------
+    kind
+        ``"lr"``: hashed logistic regression on user, tag and user×tag;
+        ``"fm"``: factorization machine on one-hot user and tag.
+    learning_rate
+        SGD step of the weights (and of the latent factors for ``"fm"``).
+    l2
+        L2 penalty of the weights.
+    n_factors
+        Latent dimension of the factorization machine.
+    n_hash_features
+        Size of the hashed feature space of the logistic regression (bounded memory).
+    seed
+        Seed of the hasher and of the latent initialisation.
+
+    Notes
+    -----
+    ``predict_proba_one`` never mutates the model: river's FM creates latent
+    vectors for unseen features on *prediction*, so unseen users and tags are
+    dropped from the features before predicting (an unseen user gets the tag's
+    prior, an unseen tag the intercept).
+    """
+
+    def __init__(
+        self,
+        kind: ModelKind = "lr",
+        learning_rate: float = 0.05,
+        l2: float = 0.0,
+        n_factors: int = 8,
+        n_hash_features: int = 2**22,
+        seed: int = 42,
+    ):
+        self.kind = kind
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.n_factors = n_factors
+        self.n_hash_features = n_hash_features
+        self.seed = seed
+        self._featurize = featurizer(kind)
+        self.model = self._build()
+        self.users: set[str] = set()
+        self.tags: set[str] = set()
+
+    def _build(self) -> base.Classifier:
+        if self.kind == "fm":
+            return facto.FMClassifier(
+                n_factors=self.n_factors,
+                weight_optimizer=optim.SGD(self.learning_rate),
+                latent_optimizer=optim.SGD(self.learning_rate),
+                l2_weight=self.l2,
+                l2_latent=self.l2,
+                intercept_lr=self.learning_rate / 10,
+                seed=self.seed,
+            )
+        hasher = preprocessing.FeatureHasher(n_features=self.n_hash_features, seed=self.seed)
+        return hasher | linear_model.LogisticRegression(
+            optimizer=optim.SGD(self.learning_rate), l2=self.l2, intercept_lr=self.learning_rate / 10
+        )
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterable[dict[str, Any]]:
+        yield {"kind": "lr"}
+        yield {"kind": "fm"}
+
+    def features(self, x: dict[str, Any]) -> Features:
+        """The feature dict the inner model sees, restricted to what it has learned."""
+        user, tag = str(x.get("user", "")), str(x.get("tag", ""))
+        if user in self.users and tag in self.tags:
+            return self._featurize(user, tag)
+        if tag in self.tags:
+            return tag_only_features(tag)
+        return {}
+
+    def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:
+        user, tag = str(x["user"]), str(x["tag"])
+        self.model.learn_one(self._featurize(user, tag), bool(y), w=w)
+        self.users.add(user)
+        self.tags.add(tag)
+
+    def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
+        p = float(self.model.predict_proba_one(self.features(x)).get(True, 0.5))
+        return {False: 1.0 - p, True: p}
+
+
+def _ts(event: FeedbackEvent) -> float:
+    return event.ts.timestamp()
+
+
+@dataclass
+class Counters:
+    """What the model has done, persisted with it (so "seen once" is checkable after a crash)."""
+
+    events_seen: int = 0  # distinct feedback events accepted (each event_id once)
+    duplicates: int = 0
+    positives: int = 0  # (user, tag) positive updates
+    negatives: int = 0  # (user, tag) negative updates
+    ignored: int = 0  # tag_accept / tag_reject: not shopper engagement
+    cancelled_impressions: int = 0  # impressions followed by an engagement: not negatives
+    waiting_dropped: int = 0  # samples whose listing's tags never came within the buffer bound
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Waiting:
+    user: str
+    label: bool
+    weight: float
+
+
+@dataclass
+class AffinityModel:
+    """Online user×tag affinity learned from feedback events; pickles whole into a checkpoint.
+
+    Parameters
+    ----------
+    classifier
+        The river estimator of P(engagement | user, tag).
+    impression_window_s
+        An impression becomes a negative once the stream's event time has moved this
+        far past it without an engagement of the same user on the same listing.
+    dedup_window
+        How many recent ``event_id`` values are remembered to drop duplicates.
+    max_pending
+        Bound on impressions held back and on samples waiting for their listing's tags.
+    max_tags_per_listing
+        Only the highest-scored tags of a listing are learned on (bounds cost per event).
+    """
+
+    classifier: UserTagClassifier = field(default_factory=UserTagClassifier)
+    impression_window_s: float = 1800.0
+    dedup_window: int = 200_000
+    max_pending: int = 200_000
+    max_tags_per_listing: int = 5
+    counters: Counters = field(default_factory=Counters)
+    listing_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _recent_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _impressions: OrderedDict[tuple[str, str], tuple[float, str | None]] = field(default_factory=OrderedDict)
+    _waiting: dict[str, list[_Waiting]] = field(default_factory=dict)
+    _n_waiting: int = 0
+    _watermark: float = -math.inf
+
+    @property
+    def name(self) -> str:
+        return f"river-{self.classifier.kind}"
+
+    # ---- learning -------------------------------------------------------------------------------
+
+    def set_listing_tags(self, listing_id: str, tags: Sequence[tuple[str, float]] | None) -> set[str]:
+        """Record a listing's tags (``None`` deletes it); returns users whose waiting samples were learned."""
+        if tags is None:
+            self.listing_tags.pop(listing_id, None)
+            return set()
+        best = sorted(tags, key=lambda t: -t[1])[: self.max_tags_per_listing]
+        self.listing_tags[listing_id] = tuple(t for t, _ in best)
+        touched: set[str] = set()
+        for sample in self._waiting.pop(listing_id, []):
+            self._n_waiting -= 1
+            self._learn_sample(sample.user, self.listing_tags[listing_id], sample.label, sample.weight)
+            touched.add(sample.user)
+        return touched
+
+    def learn(self, event: FeedbackEvent, tags: Sequence[str] | None = None) -> set[str]:
+        """Learn from one feedback event; returns the users whose affinities changed.
+
+        ``tags`` overrides the listing's known tags (offline evaluation passes them).
+        A duplicate ``event_id`` within the window changes nothing but a counter.
+        """
+        if self._is_duplicate(event.event_id):
+            self.counters.duplicates += 1
+            return set()
+        self.counters.events_seen += 1
+        self._watermark = max(self._watermark, _ts(event))
+        touched = self._flush_impressions(self._watermark - self.impression_window_s)
+        if event.type in IGNORED_TYPES:
+            self.counters.ignored += 1
+        elif event.type == FeedbackType.IMPRESSION:
+            key = (event.user_id, event.listing_id)
+            self._impressions.pop(key, None)
+            self._impressions[key] = (_ts(event), event.tag_id)
+            if len(self._impressions) > self.max_pending:
+                touched |= self._flush_impressions(math.inf, limit=len(self._impressions) - self.max_pending)
+        elif is_engagement(event.type):
+            if self._impressions.pop((event.user_id, event.listing_id), None) is not None:
+                self.counters.cancelled_impressions += 1
+            resolved = self._tags_of(event.listing_id, tags, event.tag_id)
+            weight = engagement_weight(event.type)
+            if resolved:
+                self._learn_sample(event.user_id, resolved, True, weight)
+                touched.add(event.user_id)
+            else:
+                self._wait(event.listing_id, _Waiting(event.user_id, True, weight))
+        return touched
+
+    def flush(self) -> set[str]:
+        """Turn every held-back impression into a negative now (end of an offline stream)."""
+        return self._flush_impressions(math.inf)
+
+    def _tags_of(
+        self, listing_id: str, tags: Sequence[str] | None, context_tag: str | None
+    ) -> tuple[str, ...]:
+        known = tuple(tags) if tags is not None else self.listing_tags.get(listing_id, ())
+        if context_tag and context_tag not in known:
+            # The tag that surfaced the listing is part of what the shopper engaged with.
+            known = (*known, context_tag)
+        return known
+
+    def _learn_sample(self, user: str, tags: Iterable[str], label: bool, weight: float) -> None:
+        for tag in tags:
+            self.classifier.learn_one({"user": user, "tag": tag}, label, w=weight)
+            if label:
+                self.counters.positives += 1
+            else:
+                self.counters.negatives += 1
+
+    def _flush_impressions(self, before: float, limit: int | None = None) -> set[str]:
+        touched: set[str] = set()
+        n = 0
+        while self._impressions and (limit is None or n < limit):
+            (user, listing), (ts, context_tag) = next(iter(self._impressions.items()))
+            # Arrival order approximates event time; a late one waits behind the head briefly.
+            if ts >= before:
+                break
+            del self._impressions[(user, listing)]
+            n += 1
+            # Shown because of one tag: only that tag was judged and ignored, not the listing's others.
+            tags = (context_tag,) if context_tag else self.listing_tags.get(listing)
+            if tags:
+                self._learn_sample(user, tags, False, NEGATIVE_WEIGHT)
+                touched.add(user)
+            else:
+                self._wait(listing, _Waiting(user, False, NEGATIVE_WEIGHT))
+        return touched
+
+    def _wait(self, listing_id: str, sample: _Waiting) -> None:
+        if self._n_waiting >= self.max_pending:
+            # Drop the oldest waiting listing's samples: bounded memory beats unbounded waiting.
+            oldest = next(iter(self._waiting))
+            dropped = self._waiting.pop(oldest)
+            self._n_waiting -= len(dropped)
+            self.counters.waiting_dropped += len(dropped)
+        self._waiting.setdefault(listing_id, []).append(sample)
+        self._n_waiting += 1
+
+    def _is_duplicate(self, event_id: str) -> bool:
+        if event_id in self._recent_ids:
+            return True
+        self._recent_ids[event_id] = None
+        if len(self._recent_ids) > self.dedup_window:
+            self._recent_ids.popitem(last=False)
+        return False
+
+    # ---- serving (read-only) --------------------------------------------------------------------
+
+    @property
+    def users(self) -> set[str]:
+        return self.classifier.users
+
+    @property
+    def tags(self) -> set[str]:
+        return self.classifier.tags
+
+    def score(self, user: str, tag: str) -> float:
+        """P(engagement | user, tag); a prior for unseen users or tags. Never mutates the model."""
+        return self.classifier.predict_proba_one({"user": user, "tag": tag})[True]
+
+    def top_tags(self, user: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` tags this user most likely engages with, best first (ties by tag id)."""
+        scored = ((self.score(user, tag), tag) for tag in self.tags)
+        return [(t, s) for s, t in heapq.nsmallest(k, scored, key=lambda st: (-st[0], st[1]))]
+
+    def top_users(self, tag: str, k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` users most likely to engage with this tag, best first (ties by user id)."""
+        scored = ((self.score(user, tag), user) for user in self.users)
+        return [(u, s) for s, u in heapq.nsmallest(k, scored, key=lambda su: (-su[0], su[1]))]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "model_name": self.name,
+            "users": len(self.users),
+            "tags": len(self.tags),
+            "listings": len(self.listing_tags),
+            "pending_impressions": len(self._impressions),
+            "waiting_for_tags": self._n_waiting,
+            **self.counters.as_dict(),
+        }
