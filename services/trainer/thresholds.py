@@ -81,7 +81,7 @@ def tune_thresholds(
     Returns
     -------
     np.ndarray
-        ``float64 [n_tags]`` thresholds, rounded to 6 decimals.
+        ``float64 [n_tags]`` thresholds, rounded down to 6 decimals.
     """
     mask = np.ones_like(y) if mask is None else mask
     known = mask > 0
@@ -99,4 +99,5 @@ def tune_thresholds(
             t = _threshold_for_f1(scores, labels, min_threshold)
         if t is not None:
             out[j] = t
-    return np.round(np.clip(out, min_threshold, 1.0), 6)
+    # Round down, not to nearest: rounding up would drop the very example the cut was placed at.
+    return np.floor(np.clip(out, min_threshold, 1.0) * 1e6) / 1e6
