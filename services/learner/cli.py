@@ -1,9 +1,134 @@
-"""`tagloop` commands of the learner service."""
+"""`tagloop` commands of the learner service.
+
+* ``tagloop learner run [--serve]``: the online learner (with its API in-process if asked).
+* ``tagloop learner serve``: the API over the latest Postgres checkpoint.
+* ``tagloop learner openapi``: write ``schemas/learner-openapi.json``.
+* ``tagloop eval affinity --json``: the Online Retail affinity evaluation.
+* ``tagloop bench learner --json``: updates/s and lag at a fixed input rate.
+"""
 
 from __future__ import annotations
 
+import json
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+OPENAPI_PATH = Path("schemas/learner-openapi.json")
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:32} {value}")
+
+
+def _serve_http(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def run_cmd(
+    serve: Annotated[bool, typer.Option(help="Also serve the HTTP API from the live model.")] = False,
+) -> None:
+    """Run the online learner until SIGTERM/SIGINT."""
+    import logging
+    import signal
+
+    from services.learner.api import LockedView, create_app
+    from services.learner.main import ModelLock, run
+    from services.learner.settings import LearnerSettings
+    from shared.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ls = LearnerSettings()
+    stop = threading.Event()
+    shared = ModelLock()
+    if serve:
+        app = create_app(LockedView(shared.lock, lambda: shared.model), ls.api_token.get_secret_value())
+        threading.Thread(target=_serve_http, args=(app, ls.http_host, ls.http_port), daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run(Settings(), ls, stop, shared)
+
+
+def serve_cmd() -> None:
+    """Serve the API over the learner's latest checkpoint (reloaded when a newer one is saved)."""
+    from services.learner.api import CheckpointView, create_app
+    from services.learner.checkpoint import PostgresCheckpoints
+    from services.learner.settings import LearnerSettings
+    from shared.settings import Settings
+
+    ls = LearnerSettings()
+    view = CheckpointView(PostgresCheckpoints(Settings().database_url, ls.name))
+    view.refresh()
+    view.run_refresher(threading.Event(), ls.refresh_interval_s)
+    _serve_http(create_app(view, ls.api_token.get_secret_value()), ls.http_host, ls.http_port)
+
+
+def openapi_cmd(
+    out: Annotated[Path, typer.Option(help="Where to write the OpenAPI JSON.")] = OPENAPI_PATH,
+) -> None:
+    """Write the OpenAPI document of the learner API."""
+    from services.learner.api import openapi_schema
+
+    out.write_text(json.dumps(openapi_schema(), indent=2, sort_keys=True) + "\n")
+    typer.echo(str(out))
+
+
+def eval_affinity_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    model: Annotated[str, typer.Option(help="lr or fm.")] = "lr",
+    granularity: Annotated[
+        str, typer.Option(help="leaf (most specific tags) or all (with ancestors).")
+    ] = "leaf",
+    impressions: Annotated[int, typer.Option(help="Sampled impressions per purchase line.")] = 2,
+    train_fraction: Annotated[float, typer.Option(help="Share of the time span streamed as training.")] = 0.8,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Team data folder (default: Settings.data_dir).")
+    ] = None,
+) -> None:
+    """Recall@10 / NDCG@10 of the learner vs popularity and per-user frequency on Online Retail."""
+    from services.learner.evaluate import evaluate_affinity, zero_shot_tag_fn
+    from shared.settings import Settings
+
+    settings = Settings()
+    root = (data_dir or settings.data_dir).resolve()
+    tag_fn = zero_shot_tag_fn(root, cache_dir=settings.state_dir / "cache" / "learner")
+    result = evaluate_affinity(
+        root / "online-retail" / "online_retail.csv.gz",
+        tag_fn,
+        kind=model,  # type: ignore[arg-type]
+        granularity=granularity,
+        impressions_per_purchase=impressions,  # type: ignore[arg-type]
+        train_fraction=train_fraction,
+    )
+    _print(result, as_json)
+
+
+def bench_learner_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    rate: Annotated[int, typer.Option(help="Input events per second.")] = 10_000,
+    seconds: Annotated[float, typer.Option(help="How long to produce at that rate.")] = 20.0,
+    model: Annotated[str, typer.Option(help="lr or fm.")] = "lr",
+) -> None:
+    """Learner updates/s, and its lag behind the feedback topic at a fixed input rate."""
+    from bench.learner import run_bench
+
+    _print(run_bench(rate=rate, seconds=seconds, kind=model), as_json)  # type: ignore[arg-type]
 
 
 def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
     """Attach this service's commands to the top-level `tagloop` app and its `eval`/`bench` groups."""
+    learner_app = typer.Typer(no_args_is_help=True, help="Online learner of user×tag affinity (river).")
+    learner_app.command("run")(run_cmd)
+    learner_app.command("serve")(serve_cmd)
+    learner_app.command("openapi")(openapi_cmd)
+    app.add_typer(learner_app, name="learner")
+    eval_app.command("affinity")(eval_affinity_cmd)
+    bench_app.command("learner")(bench_learner_cmd)

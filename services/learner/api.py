@@ -1,0 +1,223 @@
+"""HTTP API of the learner (FastAPI): top tags of a user, score of a pair, top users of a tag.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>``. Reads never
+mutate the model: they go through a :class:`ModelView`, which is either the live
+model behind the learner's lock (``tagloop learner run --serve``) or the latest
+Postgres checkpoint, reloaded when a newer one appears (``tagloop learner serve``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from services.learner.checkpoint import PostgresCheckpoints
+from services.learner.model import AffinityModel
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+
+
+class ModelView(Protocol):
+    """Read access to a model; the context holds whatever lock keeps it consistent."""
+
+    def read(self) -> AbstractContextManager[AffinityModel | None]: ...
+
+
+class LockedView:
+    """The live model of an in-process learner, read under its lock."""
+
+    def __init__(self, lock: threading.Lock, get: Callable[[], AffinityModel | None]):
+        self._lock = lock
+        self._get = get
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[AffinityModel | None]:
+        with self._lock:
+            yield self._get()
+
+
+class CheckpointView:
+    """The newest checkpoint of a learner, swapped in whole when a newer one is saved."""
+
+    def __init__(self, repo: PostgresCheckpoints):
+        self.repo = repo
+        self._model: AffinityModel | None = None
+        self._id: int | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Load the latest checkpoint if it is newer than the one served; True if swapped."""
+        latest = self.repo.latest_id()
+        if latest is None or latest == self._id:
+            return False
+        cp = self.repo.latest()
+        if cp is None:
+            return False
+        with self._lock:
+            self._model, self._id = cp.model, cp.id
+        return True
+
+    def run_refresher(self, stop: threading.Event, interval_s: float) -> threading.Thread:
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # a Postgres hiccup must not kill serving the last good model
+                    log.exception("checkpoint refresh failed")
+
+        thread = threading.Thread(target=loop, name="checkpoint-refresh", daemon=True)
+        thread.start()
+        return thread
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[AffinityModel | None]:
+        with self._lock:
+            model = self._model
+        # Nothing ever learns on a loaded checkpoint, so no lock is needed while reading it.
+        yield model
+
+
+class TagScore(BaseModel):
+    tag_id: str
+    score: float
+
+
+class UserScore(BaseModel):
+    user_id: str
+    score: float
+
+
+class UserTopTags(BaseModel):
+    user_id: str
+    known_user: bool
+    model_name: str
+    events_seen: int
+    tags: list[TagScore]
+
+
+class PairScore(BaseModel):
+    user_id: str
+    tag_id: str
+    known_user: bool
+    known_tag: bool
+    score: float
+
+
+class TagTopUsers(BaseModel):
+    tag_id: str
+    known_tag: bool
+    users: list[UserScore]
+
+
+class Health(BaseModel):
+    status: str
+    model_loaded: bool
+
+
+def create_app(view: ModelView, token: str, title: str = "tagloop learner") -> FastAPI:
+    """The FastAPI app over ``view``; requests must carry ``Bearer <token>`` (an empty token rejects all)."""
+    app = FastAPI(
+        title=title,
+        version="1",
+        description="Online user×tag affinity learned from the feedback stream (river).",
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorize(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        ok = (
+            credentials is not None
+            and credentials.scheme.lower() == "bearer"
+            and bool(token)
+            and hmac.compare_digest(credentials.credentials.encode(), token.encode())
+        )
+        if not ok:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @contextlib.contextmanager
+    def model() -> Iterator[AffinityModel]:
+        with view.read() as m:
+            if m is None:
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model yet")
+            yield m
+
+    auth = [Depends(authorize)]
+    k_query = Query(10, ge=1, le=MAX_K, description="How many results")
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health:
+        with view.read() as m:
+            return Health(status="ok", model_loaded=m is not None)
+
+    @app.get("/v1/users/{user_id}/tags", response_model=UserTopTags, dependencies=auth, tags=["affinity"])
+    def user_top_tags(user_id: str, k: int = k_query) -> UserTopTags:
+        """The ``k`` tags the user most likely engages with (a tag prior for unseen users)."""
+        with model() as m:
+            top = m.top_tags(user_id, k)
+            return UserTopTags(
+                user_id=user_id,
+                known_user=user_id in m.users,
+                model_name=m.name,
+                events_seen=m.counters.events_seen,
+                tags=[TagScore(tag_id=t, score=s) for t, s in top],
+            )
+
+    @app.get(
+        "/v1/users/{user_id}/tags/{tag_id}", response_model=PairScore, dependencies=auth, tags=["affinity"]
+    )
+    def pair_score(user_id: str, tag_id: str) -> PairScore:
+        """P(engagement | user, tag)."""
+        with model() as m:
+            return PairScore(
+                user_id=user_id,
+                tag_id=tag_id,
+                known_user=user_id in m.users,
+                known_tag=tag_id in m.tags,
+                score=m.score(user_id, tag_id),
+            )
+
+    @app.get("/v1/tags/{tag_id}/users", response_model=TagTopUsers, dependencies=auth, tags=["affinity"])
+    def tag_top_users(tag_id: str, k: int = k_query) -> TagTopUsers:
+        """The ``k`` known users most likely to engage with the tag."""
+        with model() as m:
+            top = m.top_users(tag_id, k) if tag_id in m.tags else []
+            return TagTopUsers(
+                tag_id=tag_id,
+                known_tag=tag_id in m.tags,
+                users=[UserScore(user_id=u, score=s) for u, s in top],
+            )
+
+    @app.get("/v1/stats", dependencies=auth, tags=["ops"])
+    def stats() -> dict[str, Any]:
+        """Counters of the served model (events seen, duplicates, positives, negatives...)."""
+        with model() as m:
+            return m.stats()
+
+    return app
+
+
+class _NoModel:
+    @contextlib.contextmanager
+    def read(self) -> Iterator[AffinityModel | None]:
+        yield None
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The OpenAPI document of the API, as published in ``schemas/learner-openapi.json``."""
+    return create_app(_NoModel(), token="unused").openapi()

@@ -1,0 +1,122 @@
+"""Checkpoints of the learner in Postgres: the pickled model and the offsets it has consumed, together.
+
+A checkpoint row is written in one transaction, so the model state and the offsets
+of the first event it has *not* learned always match: restoring a checkpoint and
+seeking to its offsets re-learns exactly what the lost state had learned after it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from psycopg.types.json import Jsonb
+
+from services.learner.migrations import MIGRATIONS
+from services.learner.model import AffinityModel
+from shared.db import apply_migrations, connect
+
+# topic -> partition -> next offset to read
+Offsets = dict[str, dict[int, int]]
+
+
+@dataclass
+class Checkpoint:
+    """A model with the offsets of the first events it has not learned."""
+
+    model: AffinityModel
+    offsets: Offsets = field(default_factory=dict)
+    id: int | None = None
+    created_at: datetime | None = None
+
+
+class CheckpointRepository(Protocol):
+    """Where checkpoints live; the loop and the API only need these two calls."""
+
+    def save(self, checkpoint: Checkpoint) -> int: ...
+
+    def latest(self) -> Checkpoint | None: ...
+
+
+def dumps(model: AffinityModel) -> bytes:
+    return pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(blob: bytes) -> AffinityModel:
+    # Only ever our own rows: the table is written by the learner alone.
+    model = pickle.loads(blob)
+    if not isinstance(model, AffinityModel):
+        raise TypeError(f"checkpoint holds {type(model).__name__}, not AffinityModel")
+    return model
+
+
+class PostgresCheckpoints:
+    """Checkpoints of one named learner in ``learner_checkpoints``, keeping the newest ``keep``.
+
+    Parameters
+    ----------
+    database_url
+        Postgres URL.
+    learner
+        Name of the learner whose checkpoints these are (several may share a database).
+    keep
+        How many checkpoints to keep; older ones are deleted in the same transaction.
+    """
+
+    def __init__(self, database_url: str, learner: str = "default", keep: int = 3):
+        self.database_url = database_url
+        self.learner = learner
+        self.keep = keep
+
+    def migrate(self) -> None:
+        apply_migrations(self.database_url, MIGRATIONS)
+
+    def save(self, checkpoint: Checkpoint) -> int:
+        """Write the checkpoint atomically; returns its id."""
+        blob = dumps(checkpoint.model)
+        offsets = {t: {str(p): o for p, o in parts.items()} for t, parts in checkpoint.offsets.items()}
+        model = checkpoint.model
+        with connect(self.database_url) as conn, conn.transaction():
+            row = conn.execute(
+                "INSERT INTO learner_checkpoints (learner, model_name, events_seen, offsets, stats, state)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, created_at",
+                (
+                    self.learner,
+                    model.name,
+                    model.counters.events_seen,
+                    Jsonb(offsets),
+                    Jsonb(model.stats()),
+                    blob,
+                ),
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "DELETE FROM learner_checkpoints WHERE learner = %s AND id NOT IN"
+                " (SELECT id FROM learner_checkpoints WHERE learner = %s ORDER BY id DESC LIMIT %s)",
+                (self.learner, self.learner, self.keep),
+            )
+        checkpoint.id, checkpoint.created_at = int(row[0]), row[1]
+        return checkpoint.id
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint, or ``None`` when this learner has none."""
+        with connect(self.database_url) as conn:
+            row = conn.execute(
+                "SELECT id, created_at, offsets, state FROM learner_checkpoints"
+                " WHERE learner = %s ORDER BY id DESC LIMIT 1",
+                (self.learner,),
+            ).fetchone()
+        if row is None:
+            return None
+        offsets = {t: {int(p): int(o) for p, o in parts.items()} for t, parts in row[2].items()}
+        return Checkpoint(model=loads(row[3]), offsets=offsets, id=int(row[0]), created_at=row[1])
+
+    def latest_id(self) -> int | None:
+        """Id of the newest checkpoint without loading it (cheap freshness check for the API)."""
+        with connect(self.database_url) as conn:
+            row = conn.execute(
+                "SELECT max(id) FROM learner_checkpoints WHERE learner = %s", (self.learner,)
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])

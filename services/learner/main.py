@@ -1,0 +1,129 @@
+"""The learner process: feedback in, model checkpoints and user-affinity records out.
+
+``python -m services.learner.main`` (or ``tagloop learner run``) reads top to bottom:
+restore the latest checkpoint → assign partitions at its offsets → loop
+{poll → decode → learn → dead-letter → checkpoint → publish → commit} → final
+checkpoint on SIGTERM/SIGINT. A kill -9 loses only what was learned since the last
+checkpoint, and that is re-read from the checkpoint's offsets on restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import Producer
+
+from services.learner.checkpoint import Checkpoint, PostgresCheckpoints
+from services.learner.consumer import FeedbackSource, apply
+from services.learner.model import AffinityModel, UserTagClassifier
+from services.learner.publisher import AffinityPublisher, RateLimiter
+from services.learner.settings import LearnerSettings
+from shared.kafka import dead_letter_for, producer_config, publish_dead_letter
+from shared.settings import Settings
+
+log = logging.getLogger("tagloop.learner")
+SERVICE = "learner"
+
+
+def new_model(ls: LearnerSettings) -> AffinityModel:
+    return AffinityModel(
+        classifier=UserTagClassifier(kind=ls.model, learning_rate=ls.learning_rate),
+        impression_window_s=ls.impression_window_s,
+        dedup_window=ls.dedup_window,
+    )
+
+
+class ModelLock:
+    """The live model behind a lock: the loop writes under it, the in-process API reads under it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.model: AffinityModel | None = None
+
+
+def run(
+    settings: Settings,
+    ls: LearnerSettings,
+    stop: threading.Event,
+    shared: ModelLock | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+) -> Checkpoint:
+    """Run the learner until ``stop`` is set; returns the final checkpoint (already saved)."""
+    shared = shared or ModelLock()
+    repo = PostgresCheckpoints(settings.database_url, ls.name, keep=ls.checkpoints_kept)
+    repo.migrate()
+    restored = repo.latest()
+    model = restored.model if restored else new_model(ls)
+    log.info("start from checkpoint %s: %s", restored.id if restored else None, model.stats())
+    source = FeedbackSource(settings, f"tagloop-learner-{ls.name}", restored.offsets if restored else {})
+    producer = Producer(producer_config(settings.kafka))
+    publisher = AffinityPublisher(
+        producer,
+        settings.topics.user_affinity,
+        ls.top_k,
+        RateLimiter(ls.publish_max_per_s, ls.publish_min_interval_s),
+    )
+    with shared.lock:
+        shared.model = model
+
+    def checkpoint() -> Checkpoint:
+        # Dead letters must be durable before the offsets that skip their originals are.
+        producer.flush(30)
+        with shared.lock:
+            cp = Checkpoint(model=model, offsets=source.snapshot())
+            repo.save(cp)
+        if on_checkpoint is not None:
+            on_checkpoint(cp)
+        return cp
+
+    since_checkpoint, last_checkpoint = 0, time.monotonic()
+    try:
+        while not stop.is_set():
+            msgs = source.poll(ls.poll_batch, timeout_s=0.2)
+            with shared.lock:
+                applied = apply(model, msgs, settings.topics.tags)
+            for msg, error in applied.rejected:
+                publish_dead_letter(
+                    producer, settings.topics.dead_letter, dead_letter_for(msg, error, SERVICE)
+                )
+            for msg in msgs:
+                source.advance(msg)
+            since_checkpoint += len(msgs)
+            publisher.mark(applied.touched_users)
+            due = since_checkpoint >= ls.checkpoint_every or (
+                since_checkpoint and time.monotonic() - last_checkpoint >= ls.checkpoint_interval_s
+            )
+            if due:
+                checkpoint()
+                since_checkpoint, last_checkpoint = 0, time.monotonic()
+            with shared.lock:
+                publisher.publish_due(model)
+            if due:
+                source.commit()
+        return checkpoint()
+    finally:
+        source.close()
+        producer.flush(10)
+
+
+def main() -> None:
+    """Entry point of ``python -m services.learner.main``: run until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ls = LearnerSettings()
+    final = run(
+        Settings(), ls, stop, on_checkpoint=lambda cp: log.info("checkpoint %s %s", cp.id, cp.model.stats())
+    )
+    with contextlib.suppress(Exception):
+        log.info("stopped at checkpoint %s", final.id)
+
+
+if __name__ == "__main__":
+    main()
