@@ -28,7 +28,7 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
-from services.feedback.domain import Consumed, TagUpdate
+from services.feedback.domain import Consumed, TagUpdate, max_offsets
 from services.feedback.migrations import MIGRATIONS
 from services.feedback.repository import PostgresFeedbackStore
 from shared.db import apply_migrations, async_pool
@@ -158,7 +158,7 @@ class FeedbackService:
             await self.dead_letter(bad)
         store = await self.store()
         t1 = time.perf_counter()
-        result = await store.record_feedback(good)
+        result = await store.record_feedback(good, consumed_offsets(events))
         elapsed = time.perf_counter() - t1
         self.timings.postgres += elapsed
         self.timings.batches += 1
@@ -174,9 +174,14 @@ class FeedbackService:
             await self.dead_letter(bad)
         store = await self.store()
         t0 = time.perf_counter()
-        result = await store.record_tags(updates, self.settings.topics.tags)
+        result = await store.record_tags(updates, self.settings.topics.tags, consumed_offsets(events))
         self.metrics.batch_seconds.labels("tags").observe(time.perf_counter() - t0)
         self.metrics.reattributed.inc(result.reattributed)
+
+
+def consumed_offsets(events: Sequence[faust.types.EventT]) -> dict[tuple[str, int], int]:
+    """Highest offset per partition of a batch, dead-lettered records included."""
+    return max_offsets((e.message.topic, e.message.partition, e.message.offset) for e in events)
 
 
 def _letter(message: faust.types.Message, exc: BaseException) -> DeadLetter:
@@ -235,6 +240,8 @@ def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust
     """The faust app of the feedback service; ``app.feedback_service`` holds its state."""
     config = config or FeedbackConfig()
     service = FeedbackService(settings, config)
+    datadir = settings.state_dir / "faust" / config.group
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         config.group,
         broker=aiokafka_url(settings.kafka),
@@ -249,7 +256,7 @@ def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust
         consumer_auto_offset_reset="earliest",
         topic_partitions=settings.topics.partitions,
         topic_allow_declare=False,
-        datadir=str(settings.state_dir / "faust" / config.group),
+        datadir=str(datadir),
         stream_buffer_maxsize=max(4096, config.batch_size * 2),
         broker_max_poll_records=config.batch_size,
     )

@@ -325,8 +325,17 @@ class TagsResult:
     reattributed: int
 
 
-async def handle_feedback(uow: FeedbackUnitOfWork, batch: Sequence[Consumed], group: str) -> FeedbackResult:
-    """Count a micro-batch exactly once: claim ids, attribute, archive, add counts, save offsets."""
+async def handle_feedback(
+    uow: FeedbackUnitOfWork,
+    batch: Sequence[Consumed],
+    group: str,
+    offsets: Mapping[tuple[str, int], int] | None = None,
+) -> FeedbackResult:
+    """Count a micro-batch exactly once: claim ids, attribute, archive, add counts, save offsets.
+
+    ``offsets`` are the highest consumed offsets (dead-lettered records included);
+    by default those of ``batch``.
+    """
     unique = dedup(batch)
     new_ids = await uow.claim_event_ids([c.event.event_id for c in unique])
     fresh = [c for c in unique if c.event.event_id in new_ids]
@@ -336,12 +345,18 @@ async def handle_feedback(uow: FeedbackUnitOfWork, batch: Sequence[Consumed], gr
     if plan.archive:
         await uow.archive(plan.archive)
         await uow.add_counts(plan.deltas)
-    await uow.save_offsets(group, max_offsets((c.topic, c.partition, c.offset) for c in batch))
+    if offsets is None:
+        offsets = max_offsets((c.topic, c.partition, c.offset) for c in batch)
+    await uow.save_offsets(group, offsets)
     return FeedbackResult(len(batch), len(batch) - len(fresh), len(fresh), plan.pending)
 
 
 async def handle_tags(
-    uow: FeedbackUnitOfWork, updates: Sequence[TagUpdate], group: str, topic: str
+    uow: FeedbackUnitOfWork,
+    updates: Sequence[TagUpdate],
+    group: str,
+    topic: str,
+    offsets: Mapping[tuple[str, int], int] | None = None,
 ) -> TagsResult:
     """Store listings' latest tags and attribute their pending feedback."""
     latest = latest_tag_updates(updates)
@@ -350,5 +365,7 @@ async def handle_tags(
     deltas = plan_reattribution(moved)
     if deltas:
         await uow.add_counts(deltas)
-    await uow.save_offsets(group, max_offsets((topic, u.partition, u.offset) for u in updates))
+    if offsets is None:
+        offsets = max_offsets((topic, u.partition, u.offset) for u in updates)
+    await uow.save_offsets(group, offsets)
     return TagsResult(len(updates), len(applied), len(moved))

@@ -92,13 +92,17 @@ class MemoryFeedbackStore:
         yield MemoryUnitOfWork(draft)
         self.state = draft  # only reached when the body did not raise: commit
 
-    async def record_feedback(self, batch: Sequence[Consumed]) -> FeedbackResult:
+    async def record_feedback(
+        self, batch: Sequence[Consumed], offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> FeedbackResult:
         async with self.unit_of_work() as uow:
-            return await handle_feedback(uow, batch, self.group)
+            return await handle_feedback(uow, batch, self.group, offsets)
 
-    async def record_tags(self, updates: Sequence[TagUpdate], topic: str) -> TagsResult:
+    async def record_tags(
+        self, updates: Sequence[TagUpdate], topic: str, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> TagsResult:
         async with self.unit_of_work() as uow:
-            return await handle_tags(uow, updates, self.group, topic)
+            return await handle_tags(uow, updates, self.group, topic, offsets)
 
     def recount(self) -> Deltas:
         """Counts recomputed from the archive alone (what the incremental counts must equal)."""

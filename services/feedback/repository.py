@@ -292,22 +292,26 @@ class PostgresFeedbackStore:
         async with self.pool.connection() as conn, conn.transaction():
             yield PostgresUnitOfWork(conn)
 
-    async def record_feedback(self, batch: Sequence[Consumed]) -> FeedbackResult:
+    async def record_feedback(
+        self, batch: Sequence[Consumed], offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> FeedbackResult:
         """Count a micro-batch exactly once (one transaction; retried until it commits)."""
         await self.ensure_partitions(c.event.ts for c in batch)
 
         async def work() -> FeedbackResult:
             async with self.unit_of_work() as uow:
-                return await handle_feedback(uow, batch, self.group)
+                return await handle_feedback(uow, batch, self.group, offsets)
 
         return await self._retrying(work)
 
-    async def record_tags(self, updates: Sequence[TagUpdate], topic: str) -> TagsResult:
+    async def record_tags(
+        self, updates: Sequence[TagUpdate], topic: str, offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> TagsResult:
         """Store listings' tags and attribute their pending feedback (one transaction)."""
 
         async def work() -> TagsResult:
             async with self.unit_of_work() as uow:
-                return await handle_tags(uow, updates, self.group, topic)
+                return await handle_tags(uow, updates, self.group, topic, offsets)
 
         return await self._retrying(work)
 

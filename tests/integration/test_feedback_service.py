@@ -1,0 +1,246 @@
+"""The feedback service against the real Postgres and broker: exact, deduplicated, attributed counts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Consumer
+
+from services.feedback.domain import PENDING_TAG, Consumed, TagUpdate
+from services.feedback.loadgen import (
+    OffsetRecorder,
+    produce_feedback,
+    produce_tags,
+    start_worker,
+    synthetic_feedback,
+    synthetic_tags,
+    tag_event,
+    wait_caught_up,
+)
+from services.feedback.migrations import MIGRATIONS
+from services.feedback.repository import PostgresFeedbackStore, recount_mismatches
+from shared.db import apply_migrations, async_pool
+from shared.devstack.process import ManagedProcess
+from shared.events import DeadLetter, FeedbackEvent, FeedbackType, decode, encode
+from shared.kafka import consumer_config
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TS = datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
+
+
+@pytest.fixture
+def migrated(database_url: str) -> str:
+    apply_migrations(database_url, MIGRATIONS)
+    return database_url
+
+
+@pytest.fixture
+def ns() -> str:
+    """A prefix for ids: tests share the session database, so each owns its listings and users."""
+    return uuid.uuid4().hex[:8]
+
+
+def fb(
+    ns: str, eid: str, listing: str, type_: str = "click", user: str = "u1", **kw: object
+) -> FeedbackEvent:
+    return FeedbackEvent(
+        event_id=f"{ns}-{eid}",
+        user_id=f"{ns}-{user}",
+        listing_id=f"{ns}-{listing}",
+        type=FeedbackType(type_),
+        ts=kw.pop("ts", TS),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def consumed(events: list[FeedbackEvent], partition: int = 0, start: int = 0) -> list[Consumed]:
+    return [Consumed(e, "feedback", partition, start + i) for i, e in enumerate(events)]
+
+
+def listing_counts(url: str, listing: str) -> dict[str, tuple[int, ...]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tag_id, events, impressions, clicks, carts, purchases, units, revenue, accepts, rejects"
+            " FROM feedback_listing_tag_counts WHERE listing_id = %s",
+            (listing,),
+        ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+async def _with_store(url: str, group: str, fn):  # type: ignore[no-untyped-def]
+    pool = async_pool(url, max_size=4)
+    await pool.open()
+    try:
+        return await fn(PostgresFeedbackStore(pool, group))
+    finally:
+        await pool.close()
+
+
+def test_store_counts_once_attributes_late_and_matches_recount(migrated: str, ns: str) -> None:
+    url = migrated
+    tags = [TagUpdate(f"{ns}-l1", ("t1", "t2"), False, "v1", 0, 0)]
+    batch = consumed(
+        [
+            fb(ns, "a", "l1"),
+            fb(ns, "b", "l1", "purchase", price=19.99, quantity=2),
+            fb(ns, "a", "l1"),  # duplicate inside the batch (producer retry)
+            fb(ns, "c", "late", "impression"),  # listing tags not known yet
+            fb(ns, "d", "late", "tag_reject", tag_id="t9"),  # judged tag: attributed at once
+            fb(ns, "e", "l1", ts=TS + timedelta(days=1, hours=3)),  # another day partition
+        ]
+    )
+
+    async def go(store: PostgresFeedbackStore) -> None:
+        await store.record_tags(tags, "tags")
+        first = await store.record_feedback(batch)
+        again = await store.record_feedback(batch)  # redelivered after a restart
+        assert (first.counted, first.duplicates, first.pending) == (5, 1, 1)
+        assert (again.counted, again.duplicates) == (0, 6)
+        assert listing_counts(url, f"{ns}-late")[PENDING_TAG][0] == 1
+        res = await store.record_tags([TagUpdate(f"{ns}-late", ("t3",), False, "v1", 1, 7)], "tags")
+        assert res.reattributed == 1
+
+    asyncio.run(_with_store(url, f"g-{ns}", go))
+    l1 = listing_counts(url, f"{ns}-l1")
+    assert l1["t1"] == (3, 0, 2, 0, 1, 2, Decimal("39.9800"), 0, 0)
+    late = listing_counts(url, f"{ns}-late")
+    assert late["t3"][:2] == (1, 1)
+    assert late["t9"][-1] == 1
+    assert late[PENDING_TAG][0] == 0
+    assert set(recount_mismatches(url).values()) == {0}
+    with psycopg.connect(url) as conn:
+        offs = conn.execute(
+            'SELECT topic, partition, "offset" FROM feedback_offsets WHERE consumer_group = %s ORDER BY 1, 2',
+            (f"g-{ns}",),
+        ).fetchall()
+        parts = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'feedback_events'::regclass"
+        ).fetchone()
+    assert offs == [("feedback", 0, 5), ("tags", 0, 0), ("tags", 1, 7)]
+    assert parts is not None and parts[0] >= 2
+
+
+def test_concurrent_workers_overlapping_batches_count_once(migrated: str, ns: str) -> None:
+    """Two workers (rebalance overlap) handle the same events at once: each counted once, no deadlock."""
+    url = migrated
+    events = [
+        fb(ns, f"e{i}", f"l{i % 7}", ["impression", "click", "purchase"][i % 3], user=f"u{i % 5}", price=1.5)
+        for i in range(600)
+    ]
+    tag_updates = [TagUpdate(f"{ns}-l{i}", ("a", "b", f"c{i}"), False, "v1", 0, i) for i in range(7)]
+
+    async def go(store: PostgresFeedbackStore) -> None:
+        await store.record_tags(tag_updates, "tags")
+        batches = [consumed(events[i : i + 200], start=i) for i in range(0, 600, 200)]
+        results = await asyncio.gather(
+            *(store.record_feedback(b) for b in batches),
+            *(store.record_feedback(b) for b in reversed(batches)),
+        )
+        assert sum(r.counted for r in results) == 600
+
+    asyncio.run(_with_store(url, f"g-{ns}", go))
+    with psycopg.connect(url) as conn:
+        total = conn.execute(
+            "SELECT sum(events) FROM feedback_listing_tag_counts WHERE listing_id LIKE %s AND tag_id = 'a'",
+            (f"{ns}-%",),
+        ).fetchone()
+    assert total == (600,)
+    assert set(recount_mismatches(url).values()) == {0}
+
+
+def _dead_letters(settings: Settings, expected: int, timeout_s: float = 30.0) -> list[DeadLetter]:
+    consumer = Consumer(consumer_config(settings.kafka, f"dl-{uuid.uuid4().hex[:6]}"))
+    consumer.subscribe([settings.topics.dead_letter])
+    out: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                out.append(decode(DeadLetter, msg.value()))
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.fixture
+def worker_group(ns: str) -> str:
+    return f"feedback-{ns}"
+
+
+@pytest.fixture
+def run_worker(settings: Settings, worker_group: str) -> Iterator[list[ManagedProcess]]:
+    """Started workers, stopped (by pid) at the end of the test."""
+    procs: list[ManagedProcess] = []
+    yield procs
+    for p in procs:
+        p.stop(timeout_s=10)
+
+
+def test_worker_end_to_end(settings: Settings, migrated: str, ns: str, worker_group: str, run_worker) -> None:  # type: ignore[no-untyped-def]
+    url = migrated
+    rec = OffsetRecorder(settings.kafka)
+    topics = settings.topics
+    produce_tags(rec, topics.tags, synthetic_tags(ns, 40))
+    events = list(synthetic_feedback(ns, 3000, n_users=50, n_listings=50))  # listings 40..49 have no tags
+    produce_feedback(rec, topics.feedback, events)
+    produce_feedback(rec, topics.feedback, events[::10])  # producer duplicates
+    bad_type = orjson.loads(encode(events[0])) | {"event_id": f"{ns}-bad", "type": "teleport"}
+    malformed = [b"{not json", b'{"event_id": "x"}', orjson.dumps(bad_type)]
+    for raw in malformed:
+        rec.send(topics.feedback, b"bad-user", raw)
+    rec.send(topics.tags, b"broken-listing", b"[]")
+    targets = rec.flush()
+
+    worker = start_worker(settings, worker_group, f"fb-{ns}", "--batch-size", "500")
+    run_worker.append(worker)
+    assert wait_caught_up(url, worker_group, targets, timeout_s=90, worker=worker), "worker did not catch up"
+
+    with psycopg.connect(url) as conn:
+        archived, pending = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE tag_ids IS NULL) FROM feedback_events"
+            " WHERE event_id LIKE %s",
+            (f"{ns}-%",),
+        ).fetchone()  # type: ignore[misc]
+        assert archived == 3000  # duplicates archived (and counted) once
+        assert pending > 0  # listings 40..49: kept, counted under the pending tag
+        unattributed = conn.execute(
+            "SELECT sum(events) FROM feedback_unattributed WHERE listing_id LIKE %s", (f"{ns}-%",)
+        ).fetchone()
+        assert unattributed == (pending,)
+    assert set(recount_mismatches(url).values()) == {0}
+
+    # Tags for the unknown listings arrive late: their events move off the pending tag.
+    late = OffsetRecorder(settings.kafka)
+    produce_tags(late, topics.tags, [tag_event(f"{ns}-l{i}", ["late"]) for i in range(40, 50)])
+    assert wait_caught_up(url, worker_group, late.flush(), timeout_s=60, worker=worker)
+    with psycopg.connect(url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM feedback_events WHERE event_id LIKE %s AND tag_ids IS NULL", (f"{ns}-%",)
+        ).fetchone()
+        moved = conn.execute(
+            "SELECT sum(events) FROM feedback_listing_tag_counts"
+            " WHERE listing_id LIKE %s AND tag_id = 'late'",
+            (f"{ns}-%",),
+        ).fetchone()
+    assert left == (0,)
+    assert moved is not None and moved[0] > 0
+    assert set(recount_mismatches(url).values()) == {0}
+
+    letters = _dead_letters(settings, expected=4)
+    assert len(letters) == 4
+    assert {dl.topic for dl in letters} == {topics.feedback, topics.tags}
+    assert all(dl.service == "feedback" and dl.reason and dl.error_class for dl in letters)
+    assert {dl.original for dl in letters} >= set(malformed)
+    teleport = next(dl for dl in letters if b"teleport" in dl.original)
+    assert "type" in teleport.reason
