@@ -26,6 +26,8 @@ from services.learner.model import AffinityModel
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+# Module level: route signatures are resolved from module globals (postponed annotations).
+_bearer = HTTPBearer(auto_error=False)
 
 
 class ModelView(Protocol):
@@ -132,10 +134,9 @@ def create_app(view: ModelView, token: str, title: str = "tagloop learner") -> F
         version="1",
         description="Online user×tag affinity learned from the feedback stream (river).",
     )
-    bearer = HTTPBearer(auto_error=False)
 
     def authorize(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         ok = (
             credentials is not None

@@ -43,6 +43,10 @@ from services.learner.features import (
 from shared.events import FeedbackEvent, FeedbackType
 
 
+# Showing a listing again and again to someone who ignores it says less each time.
+MAX_REPEATED_NEGATIVES = 5
+
+
 class UserTagClassifier(base.Classifier):
     """P(engagement | user, tag) as a river classifier on ``{"user": str, "tag": str}``.
 
@@ -185,7 +189,10 @@ class AffinityModel:
     counters: Counters = field(default_factory=Counters)
     listing_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _recent_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    _impressions: OrderedDict[tuple[str, str], tuple[float, str | None]] = field(default_factory=OrderedDict)
+    # (user, listing) -> (first ts, tag that surfaced it, how many times shown)
+    _impressions: OrderedDict[tuple[str, str], tuple[float, str | None, int]] = field(
+        default_factory=OrderedDict
+    )
     _waiting: dict[str, list[_Waiting]] = field(default_factory=dict)
     _n_waiting: int = 0
     _watermark: float = -math.inf
@@ -226,8 +233,9 @@ class AffinityModel:
             self.counters.ignored += 1
         elif event.type == FeedbackType.IMPRESSION:
             key = (event.user_id, event.listing_id)
-            self._impressions.pop(key, None)
-            self._impressions[key] = (_ts(event), event.tag_id)
+            first, _, shown = self._impressions.get(key, (_ts(event), None, 0))
+            # Shown again without engagement: one more negative, still due when the first one is.
+            self._impressions[key] = (first, event.tag_id, shown + 1)
             if len(self._impressions) > self.max_pending:
                 touched |= self._flush_impressions(math.inf, limit=len(self._impressions) - self.max_pending)
         elif is_engagement(event.type):
@@ -267,7 +275,7 @@ class AffinityModel:
         touched: set[str] = set()
         n = 0
         while self._impressions and (limit is None or n < limit):
-            (user, listing), (ts, context_tag) = next(iter(self._impressions.items()))
+            (user, listing), (ts, context_tag, shown) = next(iter(self._impressions.items()))
             # Arrival order approximates event time; a late one waits behind the head briefly.
             if ts >= before:
                 break
@@ -275,11 +283,13 @@ class AffinityModel:
             n += 1
             # Shown because of one tag: only that tag was judged and ignored, not the listing's others.
             tags = (context_tag,) if context_tag else self.listing_tags.get(listing)
-            if tags:
-                self._learn_sample(user, tags, False, NEGATIVE_WEIGHT)
-                touched.add(user)
-            else:
-                self._wait(listing, _Waiting(user, False, NEGATIVE_WEIGHT))
+            # One SGD step per showing (a single step of weight n overshoots), capped.
+            for _ in range(min(shown, MAX_REPEATED_NEGATIVES)):
+                if tags:
+                    self._learn_sample(user, tags, False, NEGATIVE_WEIGHT)
+                    touched.add(user)
+                else:
+                    self._wait(listing, _Waiting(user, False, NEGATIVE_WEIGHT))
         return touched
 
     def _wait(self, listing_id: str, sample: _Waiting) -> None:

@@ -201,3 +201,11 @@ def test_model_pickles_with_its_stream_state() -> None:
     clone = copy.deepcopy(m)
     clone.flush()
     assert m.counters.negatives == 0
+
+
+def test_repeated_impressions_of_a_pair_are_each_a_negative() -> None:
+    m = _model()
+    m.learn(_event(1, "u", "l2", FeedbackType.IMPRESSION, minutes=0))
+    m.learn(_event(2, "u", "l2", FeedbackType.IMPRESSION, minutes=1))
+    m.flush()
+    assert m.counters.negatives == 2
