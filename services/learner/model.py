@@ -42,7 +42,6 @@ from services.learner.features import (
 )
 from shared.events import FeedbackEvent, FeedbackType
 
-
 # Showing a listing again and again to someone who ignores it says less each time.
 MAX_REPEATED_NEGATIVES = 5
 
