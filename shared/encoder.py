@@ -107,7 +107,9 @@ class MiniLMEncoder:
         copy saved with ``save_pretrained`` works the same way.
     """
 
-    def __init__(self, device: str = "cpu", max_length: int = MAX_SEQ_LENGTH, weights_dir: Path | None = None):
+    def __init__(
+        self, device: str = "cpu", max_length: int = MAX_SEQ_LENGTH, weights_dir: Path | None = None
+    ) -> None:
         # Never reach the Hugging Face hub: the weights are local and the
         # machines that run this have no (or no trusted) network.
         os.environ["HF_HUB_OFFLINE"] = "1"

@@ -1,0 +1,109 @@
+"""Triton Python-backend model: MiniLM sentence embeddings.
+
+Input ``TEXT`` (BYTES, ``[batch, 1]``, UTF-8) -> output ``EMBEDDING`` (FP32, ``[batch, 384]``).
+The embeddings come from :class:`shared.encoder.MiniLMEncoder`, the same code
+tagloop uses in-process, so both paths give the same vectors.
+
+A version directory may hold a ``weights/`` checkpoint (``save_pretrained`` output
+of a fine-tuned encoder); without one the bundled all-MiniLM-L6-v2 is served.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+try:
+    from shared.encoder import MiniLMEncoder
+except ImportError:  # the stub's python lacks the editable install: use the repo this file lives in
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from shared.encoder import MiniLMEncoder
+
+
+class InvalidText(ValueError):
+    """One request's TEXT cannot be embedded; answered with INVALID_ARG."""
+
+
+def decode_texts(values: np.ndarray) -> list[str]:
+    """UTF-8 texts of one request's TEXT tensor; raise :class:`InvalidText` on bad items."""
+    texts = []
+    for i, value in enumerate(values.reshape(-1)):
+        if isinstance(value, bytes):
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidText(f"TEXT[{i}] is not valid UTF-8: {exc}") from exc
+        elif isinstance(value, str):
+            text = value
+        else:
+            raise InvalidText(f"TEXT[{i}] has type {type(value).__name__}, expected bytes")
+        if not text.strip():
+            # An empty title is an upstream bug; embedding it would hide that.
+            raise InvalidText(f"TEXT[{i}] is empty")
+        texts.append(text)
+    return texts
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        import torch
+
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        max_length = int(params.get("max_length") or 256)
+
+        # Triton resolves KIND_AUTO to GPU when it sees one; the CPU build of torch
+        # cannot use it, so fall back to CPU rather than failing to load.
+        kind = args.get("model_instance_kind", "CPU")
+        device_id = args.get("model_instance_device_id", "0")
+        device = f"cuda:{device_id}" if kind == "GPU" and torch.cuda.is_available() else "cpu"
+
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        weights = version_dir / "weights"
+        weights_dir = weights if (weights / "config.json").is_file() else None
+
+        self.encoder = MiniLMEncoder(device=device, max_length=max_length, weights_dir=weights_dir)
+        self.batch_size = max(1, int(config.get("max_batch_size") or 64))
+        pb_utils.Logger.log_info(
+            f"minilm_encoder: instance kind={kind} device={device} weights={self.encoder.weights_dir} "
+            f"max_length={max_length} numpy={np.__version__}"
+        )
+
+    def execute(self, requests: list) -> list:
+        responses: list = [None] * len(requests)
+        texts: list[str] = []
+        spans: list[tuple[int, int, int]] = []  # (request index, start, end) into texts
+        for r, request in enumerate(requests):
+            try:
+                tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
+                if tensor is None:
+                    raise InvalidText("missing input TEXT")
+                request_texts = decode_texts(tensor.as_numpy())
+            except InvalidText as exc:
+                responses[r] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                )
+                continue
+            spans.append((r, len(texts), len(texts) + len(request_texts)))
+            texts.extend(request_texts)
+
+        if spans:
+            # One forward pass over every valid request that the dynamic batcher merged.
+            try:
+                embeddings = self.encoder.encode(texts, batch_size=self.batch_size)
+            except Exception as exc:  # answer each request instead of crashing the instance
+                error = pb_utils.TritonError(f"encoding failed: {exc}", pb_utils.TritonError.INTERNAL)
+                for r, _, _ in spans:
+                    responses[r] = pb_utils.InferenceResponse(error=error)
+            else:
+                for r, start, end in spans:
+                    out = pb_utils.Tensor("EMBEDDING", embeddings[start:end])
+                    responses[r] = pb_utils.InferenceResponse(output_tensors=[out])
+        return responses
+
+    def finalize(self) -> None:
+        self.encoder = None
