@@ -138,3 +138,11 @@ def tag_record(
 def tombstone_record(topic: str, listing: ListingEvent) -> OutRecord:
     """A deleted listing clears its tags from the compacted changelog."""
     return OutRecord(topic, listing.listing_id.encode(), None)
+
+
+def next_offsets(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:
+    """The offset to commit per partition after this batch (last offset + 1)."""
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        out[(r.topic, r.partition)] = max(out.get((r.topic, r.partition), 0), r.offset + 1)
+    return out

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,7 +27,7 @@ from services.tagger.zero_shot import ZeroShotTagger, label_text
 log = logging.getLogger(__name__)
 
 ZERO_SHOT_MODEL_NAME = "zero-shot-minilm"
-TRITON_MAX_BATCH = 64  # max_batch_size of the Triton models
+LABEL_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -49,15 +48,6 @@ class TagBackend(Protocol):
     async def close(self) -> None: ...
 
 
-async def embed_in_chunks(
-    infer: Callable[[list[str]], Awaitable[dict[str, np.ndarray]]], texts: Sequence[str], output: str
-) -> np.ndarray:
-    """Embed many texts through a batch-limited model, several chunks in flight."""
-    chunks = [list(texts[i : i + TRITON_MAX_BATCH]) for i in range(0, len(texts), TRITON_MAX_BATCH)]
-    results = await asyncio.gather(*(infer(chunk) for chunk in chunks))
-    return np.concatenate([r[output] for r in results]) if results else np.zeros((0, 384), np.float32)
-
-
 async def zero_shot_tagger(
     settings: Settings, infer: Callable[[list[str]], Awaitable[dict[str, np.ndarray]]], cache_key: str,
     max_depth: int = 3,
@@ -71,7 +61,9 @@ async def zero_shot_tagger(
     if cache.exists():
         embeddings = np.load(cache)
     else:
-        embeddings = await embed_in_chunks(infer, texts, "EMBEDDING")
+        # One chunk at a time: thousands of labels sent at once would queue past the deadline.
+        chunks = [texts[i : i + LABEL_CHUNK] for i in range(0, len(texts), LABEL_CHUNK)]
+        embeddings = np.concatenate([(await infer(chunk))["EMBEDDING"] for chunk in chunks])
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, embeddings)
     return ZeroShotTagger.from_embeddings(probe.categories, embeddings)

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -33,6 +32,7 @@ from services.tagger.core import (
     OutRecord,
     RawRecord,
     SeenContent,
+    next_offsets,
     plan_batch,
     tag_record,
     tombstone_record,
@@ -76,14 +76,6 @@ class Inflight:
     failed: KafkaError | None = None
     published: bool = False
     event_ts: list[float] = field(default_factory=list)
-
-
-def next_offsets(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:
-    """The offset to commit per partition after this batch (last offset + 1)."""
-    out: dict[tuple[str, int], int] = {}
-    for r in records:
-        out[(r.topic, r.partition)] = max(out.get((r.topic, r.partition), 0), r.offset + 1)
-    return out
 
 
 def to_raw(msg: Message) -> RawRecord:
