@@ -176,7 +176,9 @@ def _progress_steps(total: int, start: int, label: str) -> Iterator[ProgressFn]:
         yield update
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+def train(
+    config: TrainConfig, resume: bool = False, progress: bool = True, stop_after_steps: int | None = None
+) -> Path:
     """Train (or resume) and calibrate; return the output directory.
 
     Parameters
@@ -187,6 +189,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         Continue from ``checkpoint.pt`` (same data order, optimiser and RNG state).
     progress : bool
         Show a progress bar.
+    stop_after_steps : int or None
+        Checkpoint and return after this many optimiser steps in total, without calibrating
+        (an interruption on purpose; ``resume`` continues from there).
     """
     out = Path(config.out)
     if resume and (out / CONFIG_FILE).exists():
@@ -252,8 +257,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 global_step += 1
                 if update is not None:
                     update(global_step, total_steps, loss.item())
-                if global_step % config.checkpoint_every == 0:
+                if global_step % config.checkpoint_every == 0 or global_step == stop_after_steps:
                     save_checkpoint(epoch, b + 1)
+                if global_step == stop_after_steps:
+                    return out
             epoch, step_in_epoch = epoch + 1, 0
             save_checkpoint(epoch, 0)
     finally:
