@@ -20,7 +20,7 @@ from typing import Literal
 
 from shared.events import FeedbackType
 
-ModelKind = Literal["lr", "fm"]
+ModelKind = Literal["lr", "lr-river", "fm"]
 Features = dict[str, float]
 
 # Strength of each engagement as a sample weight: a purchase says more than a click.
@@ -61,7 +61,11 @@ def tag_only_features(tag: str) -> Features:
     return {f"tag={tag}": 1.0}
 
 
-FEATURIZERS: dict[ModelKind, Callable[[str, str], Features]] = {"lr": lr_features, "fm": fm_features}
+FEATURIZERS: dict[ModelKind, Callable[[str, str], Features]] = {
+    "lr": lr_features,
+    "lr-river": lr_features,
+    "fm": fm_features,
+}
 
 
 def featurizer(kind: ModelKind) -> Callable[[str, str], Features]:

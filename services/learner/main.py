@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from services.learner.checkpoint import Checkpoint, PostgresCheckpoints
 from services.learner.consumer import FeedbackSource, apply
@@ -52,6 +52,7 @@ def run(
     stop: threading.Event,
     shared: ModelLock | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    on_batch: Callable[[list[Message]], None] | None = None,
 ) -> Checkpoint:
     """Run the learner until ``stop`` is set; returns the final checkpoint (already saved)."""
     shared = shared or ModelLock()
@@ -93,6 +94,8 @@ def run(
                 )
             for msg in msgs:
                 source.advance(msg)
+            if on_batch is not None:
+                on_batch(msgs)
             since_checkpoint += len(msgs)
             publisher.mark(applied.touched_users)
             due = since_checkpoint >= ls.checkpoint_every or (

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,14 +47,90 @@ from shared.events import FeedbackEvent, FeedbackType
 MAX_REPEATED_NEGATIVES = 5
 
 
+class HashedLogisticRegression(base.Classifier):
+    """Logistic regression by SGD on hashed features, in plain dicts.
+
+    The same model as ``FeatureHasher | LogisticRegression`` in river (log loss, SGD,
+    bounded hashed weight space), without the pipeline's per-sample overhead: the
+    learner must keep up with ~10k events/s on one core. Hashing is crc32 (stable
+    across processes, unlike ``hash()``), so pickled weights stay valid after a restart.
+
+    Parameters
+    ----------
+    n_features
+        Number of hash buckets.
+    learning_rate
+        SGD step of the weights.
+    l2
+        L2 penalty, applied to the weights a sample touches.
+    intercept_lr
+        SGD step of the intercept.
+    clip
+        Bound on the absolute gradient of one sample.
+    seed
+        Start value of the hash (different seeds, different collisions).
+    """
+
+    def __init__(
+        self,
+        n_features: int = 2**22,
+        learning_rate: float = 0.05,
+        l2: float = 0.0,
+        intercept_lr: float = 0.005,
+        clip: float = 1e3,
+        seed: int = 42,
+    ):
+        self.n_features = n_features
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.intercept_lr = intercept_lr
+        self.clip = clip
+        self.seed = seed
+        self.weights: dict[int, float] = {}
+        self.intercept = 0.0
+
+    @classmethod
+    def _unit_test_params(cls) -> Iterable[dict[str, Any]]:
+        yield {}
+
+    def _indices(self, x: dict[str, Any]) -> list[tuple[int, float]]:
+        return [
+            (zlib.crc32(str(k).encode(), self.seed) % self.n_features, float(v)) for k, v in x.items() if v
+        ]
+
+    def _proba(self, indexed: list[tuple[int, float]]) -> float:
+        z = self.intercept + sum(self.weights.get(i, 0.0) * v for i, v in indexed)
+        # Numerically safe sigmoid on both tails.
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+
+    def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:
+        indexed = self._indices(x)
+        g = (self._proba(indexed) - float(bool(y))) * w
+        g = max(-self.clip, min(self.clip, g))
+        weights, lr, l2 = self.weights, self.learning_rate, self.l2
+        for i, v in indexed:
+            old = weights.get(i, 0.0)
+            weights[i] = old - lr * (g * v + l2 * old)
+        self.intercept -= self.intercept_lr * g
+
+    def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
+        p = self._proba(self._indices(x))
+        return {False: 1.0 - p, True: p}
+
+
 class UserTagClassifier(base.Classifier):
     """P(engagement | user, tag) as a river classifier on ``{"user": str, "tag": str}``.
 
     Parameters
     ----------
     kind
-        ``"lr"``: hashed logistic regression on user, tag and user×tag;
-        ``"fm"``: factorization machine on one-hot user and tag.
+        ``"lr"``: hashed logistic regression on user, tag and user×tag
+        (:class:`HashedLogisticRegression`); ``"lr-river"``: the same model as river's
+        ``FeatureHasher | LogisticRegression`` (slower); ``"fm"``: river's factorization
+        machine on one-hot user and tag.
     learning_rate
         SGD step of the weights (and of the latent factors for ``"fm"``).
     l2
@@ -94,6 +171,14 @@ class UserTagClassifier(base.Classifier):
         self.tags: set[str] = set()
 
     def _build(self) -> base.Classifier:
+        if self.kind == "lr":
+            return HashedLogisticRegression(
+                n_features=self.n_hash_features,
+                learning_rate=self.learning_rate,
+                l2=self.l2,
+                intercept_lr=self.learning_rate / 10,
+                seed=self.seed,
+            )
         if self.kind == "fm":
             return facto.FMClassifier(
                 n_factors=self.n_factors,
@@ -112,6 +197,7 @@ class UserTagClassifier(base.Classifier):
     @classmethod
     def _unit_test_params(cls) -> Iterable[dict[str, Any]]:
         yield {"kind": "lr"}
+        yield {"kind": "lr-river"}
         yield {"kind": "fm"}
 
     def features(self, x: dict[str, Any]) -> Features:

@@ -12,7 +12,7 @@ from services.learner.features import engagement_weight, fm_features, lr_feature
 from services.learner.model import AffinityModel, UserTagClassifier
 from shared.events import FeedbackEvent, FeedbackType
 
-KINDS = ["lr", "fm"]
+KINDS = ["lr", "lr-river", "fm"]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
