@@ -58,6 +58,9 @@ class TrainConfig(BaseModel):
     test_frac: float = 0.2
     target_precision: float = 0.8
     checkpoint_every: int = 200
+    # Exact duplicate listings (same text and labels; the Flipkart file has thousands) add no
+    # information, only weight and time: train on one copy of each.
+    dedupe: bool = True
 
 
 @dataclass
@@ -92,6 +95,18 @@ def prepare(config: TrainConfig) -> Prepared:
         raise ValueError("no tag has enough training examples; lower --min-count or add data")
     y, mask = label_matrix(records, vocab)
     return Prepared(records, split, vocab, y, mask, fingerprint(records))
+
+
+def unique_records(records: Sequence[Record], idx: Sequence[int]) -> list[int]:
+    """The first of each group of identical records (text, labels, attribute flag) among ``idx``."""
+    seen: set[tuple[str, tuple[str, ...], bool]] = set()
+    out: list[int] = []
+    for i in idx:
+        key = (records[i].text, records[i].labels, records[i].has_attributes)
+        if key not in seen:
+            seen.add(key)
+            out.append(i)
+    return out
 
 
 def _batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
@@ -206,7 +221,7 @@ def train(
     tokenizer = load_tokenizer()
     texts = [r.text for r in prep.records]
     encoded = tokenize(tokenizer, texts, config.max_length)
-    train_idx = prep.split.train
+    train_idx = unique_records(prep.records, prep.split.train) if config.dedupe else prep.split.train
     lengths = [len(encoded[i]) for i in train_idx]
     steps_per_epoch = -(-len(train_idx) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
