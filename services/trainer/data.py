@@ -17,7 +17,7 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -126,7 +126,11 @@ def read_flipkart(data_dir: Path) -> Iterator[Record]:
 
 def load_records(path: Path, fmt: Format, limit: int | None = None) -> list[Record]:
     """Read records of a format; ``path`` is the data dir for ``flipkart``, a file otherwise."""
-    readers = {"flipkart": read_flipkart, "csv": read_csv, "jsonl": read_jsonl}
+    readers: dict[str, Callable[[Path], Iterator[Record]]] = {
+        "flipkart": read_flipkart,
+        "csv": read_csv,
+        "jsonl": read_jsonl,
+    }
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(readers)}")
     out: list[Record] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -181,7 +182,10 @@ def export(
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".export-") as tmp:
         stage = Path(tmp) / "v"
         stage.mkdir()
-        with torch.inference_mode(False), torch.no_grad():
+        # The tracer warns about Python-level branches in transformers' masking code; those branches
+        # do not depend on batch or sequence size here (checked by the Triton test with mixed lengths).
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             for fmt in dict.fromkeys((export_format, *also)):
                 if fmt == "onnx":
                     write_onnx(serving, tokenizer, stage / ONNX_FILE)

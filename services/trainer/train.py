@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ def _optimizer(model: TagModel, config: TrainConfig, total_steps: int) -> tuple[
 ProgressFn = Callable[[int, int, float], None]
 
 
-def _progress_steps(total: int, start: int, label: str) -> Iterator[ProgressFn]:
+def _progress_steps(total: int, start: int, label: str) -> Generator[ProgressFn, None, None]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
