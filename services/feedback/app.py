@@ -21,9 +21,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import faust
+import orjson
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
@@ -63,6 +65,7 @@ class FeedbackConfig:
     tags_batch_size: int = 2000
     pool_size: int = 2
     web: bool = False
+    stats_file: str | None = None  # where to write :class:`Timings` as JSON (benchmark)
 
 
 class Metrics:
@@ -97,7 +100,18 @@ class Timings:
     dead_letter: float = 0.0
     batches: int = 0
     events: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    first_batch: float | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "decode_s": self.decode,
+            "postgres_s": self.postgres,
+            "dead_letter_s": self.dead_letter,
+            "batches": self.batches,
+            "events": self.events,
+            "busy_since_first_batch_s": (time.monotonic() - self.first_batch) if self.first_batch else None,
+        }
 
 
 class FeedbackService:
@@ -151,6 +165,8 @@ class FeedbackService:
         self.timings.dead_letter += time.perf_counter() - t0
 
     async def on_feedback(self, events: Sequence[faust.types.EventT]) -> None:
+        if self.timings.first_batch is None:
+            self.timings.first_batch = time.monotonic()
         t0 = time.perf_counter()
         good, bad = decode_feedback(events)
         self.timings.decode += time.perf_counter() - t0
@@ -167,6 +183,17 @@ class FeedbackService:
         self.metrics.events.labels("counted").inc(result.counted)
         self.metrics.events.labels("duplicate").inc(result.duplicates)
         self.metrics.pending.inc(result.pending)
+        if self.config.stats_file:
+            self._write_stats(self.config.stats_file)
+
+    def _write_stats(self, path: str) -> None:
+        # Small file, written after a batch committed: cheap next to the transaction.
+        store = self._store
+        data = self.timings.as_dict() | {
+            "store_retries": store.stats.retries if store else 0,
+            "partition_s": store.stats.partition_seconds if store else 0.0,
+        }
+        Path(path).write_bytes(orjson.dumps(data))
 
     async def on_tags(self, events: Sequence[faust.types.EventT]) -> None:
         updates, bad = decode_tags(events)

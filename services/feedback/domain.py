@@ -60,6 +60,7 @@ _TYPE_SLOT = {
     FeedbackType.TAG_ACCEPT.value: _ACC,
     FeedbackType.TAG_REJECT.value: _REJ,
 }
+_PURCHASE = FeedbackType.PURCHASE.value
 _JUDGEMENTS = frozenset({FeedbackType.TAG_ACCEPT.value, FeedbackType.TAG_REJECT.value})
 
 K = TypeVar("K")
@@ -134,13 +135,15 @@ class Deltas:
 
     def add(self, fact: Fact, tag_ids: Iterable[str], sign: int = 1) -> None:
         """Count ``fact`` once against each tag (``sign=-1`` takes it back)."""
-        vec = fact_vector(fact, sign)
+        # Hot path: only the 2-4 non-zero slots of the vector are touched per key.
+        slots = fact_slots(fact, sign)
         hour = hour_of(fact.ts)
+        lid, uid = fact.listing_id, fact.user_id
         for tag in tag_ids:
-            _add(self.listing, (fact.listing_id, tag), vec)
-            _add(self.listing_hourly, (fact.listing_id, tag, hour), vec)
-            _add(self.user, (fact.user_id, tag), vec)
-            _add(self.user_hourly, (fact.user_id, tag, hour), vec)
+            _bump(self.listing, (lid, tag), slots)
+            _bump(self.listing_hourly, (lid, tag, hour), slots)
+            _bump(self.user, (uid, tag), slots)
+            _bump(self.user_hourly, (uid, tag, hour), slots)
 
     def merge(self, other: Deltas) -> None:
         for mine, theirs in (
@@ -161,6 +164,14 @@ class Deltas:
 
 def _nonzero(d: dict[K, list[int]]) -> dict[K, list[int]]:
     return {k: v for k, v in d.items() if any(v)}
+
+
+def _bump(table: dict[K, list[int]], key: K, slots: Sequence[tuple[int, int]]) -> None:
+    vec = table.get(key)
+    if vec is None:
+        vec = table[key] = [0] * len(COUNTER_FIELDS)
+    for i, x in slots:
+        vec[i] += x
 
 
 def _add(table: dict[K, list[int]], key: K, vec: list[int]) -> None:
@@ -192,6 +203,14 @@ def revenue_decimal(units: int) -> Decimal:
 def fact_of(ev: FeedbackEvent) -> Fact:
     rev = revenue_units(ev.price, ev.quantity) if ev.type == FeedbackType.PURCHASE else 0
     return Fact(ev.user_id, ev.listing_id, ev.type.value, ev.quantity, rev, ev.ts)
+
+
+def fact_slots(fact: Fact, sign: int = 1) -> list[tuple[int, int]]:
+    """The non-zero ``(index, value)`` pairs of :func:`fact_vector`."""
+    slots = [(_EVENTS, sign), (_TYPE_SLOT[fact.type], sign)]
+    if fact.type == _PURCHASE:
+        slots += [(_UNITS, sign * fact.quantity), (_REV, sign * fact.revenue)]
+    return slots
 
 
 def fact_vector(fact: Fact, sign: int = 1) -> list[int]:

@@ -31,8 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--within", type=float, default=FeedbackConfig.within_s)
     parser.add_argument("--web", action="store_true", help="run faust's web server on a free port")
     parser.add_argument("--loglevel", default="info")
+    parser.add_argument("--stats-file", default=None, help="write stage timings here as JSON (benchmark)")
     args = parser.parse_args(argv)
-    config = FeedbackConfig(group=args.group, batch_size=args.batch_size, within_s=args.within, web=args.web)
+    config = FeedbackConfig(
+        group=args.group,
+        batch_size=args.batch_size,
+        within_s=args.within,
+        web=args.web,
+        stats_file=args.stats_file,
+    )
     run_worker(Settings(), config, args.loglevel)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.feedback.domain import (
     COUNTER_FIELDS,
     PENDING_TAG,
+    REVENUE_SCALE,
     ArchiveRow,
     Consumed,
     Deltas,
@@ -50,7 +52,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _PARTITION_LOCK_KEY = 0x66656564626B  # "feedbk": serialises partition creation across workers
-_REV = COUNTER_FIELDS.index("revenue")
 
 _ARCHIVE_COLUMNS = (
     "event_id, user_id, listing_id, type, context_tag_id, quantity, price, revenue, ts, tag_ids,"
@@ -78,19 +79,37 @@ _COUNT_TABLES = {
 }
 
 
+def _stage_name(table: str) -> str:
+    return f"_stage_{table}"
+
+
+def _stage_ddl(table: str, keys: Sequence[str], key_types: Sequence[str]) -> str:
+    cols = [f"{k} {t}" for k, t in zip(keys, key_types, strict=True)] + [f"{c} int8" for c in COUNTER_FIELDS]
+    # Per connection, emptied at every commit: the batch's deltas go here by binary COPY.
+    return f"CREATE TEMP TABLE IF NOT EXISTS {_stage_name(table)} ({', '.join(cols)}) ON COMMIT DELETE ROWS"
+
+
 def _upsert_sql(table: str, keys: Sequence[str], key_types: Sequence[str]) -> bytes:
     cols = [*keys, *COUNTER_FIELDS]
-    types = [*key_types, *("numeric" if c == "revenue" else "int8" for c in COUNTER_FIELDS)]
-    args = ", ".join(f"%s::{t}[]" for t in types)
-    order = ", ".join(str(i + 1) for i in range(len(keys)))
+    # Revenue travels as integer 1/10_000 units (exact, and no Decimal objects on the hot path).
+    values = [*keys, *(f"{c}::numeric / {REVENUE_SCALE}" if c == "revenue" else c for c in COUNTER_FIELDS)]
+    order = ", ".join(keys)
     sets = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in COUNTER_FIELDS)
     return (
-        f"INSERT INTO {table} AS t ({', '.join(cols)}) SELECT * FROM unnest({args}) ORDER BY {order}"
-        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}, updated_at = now()"
+        f"INSERT INTO {table} AS t ({', '.join(cols)}) SELECT {', '.join(values)} FROM {_stage_name(table)}"
+        f" ORDER BY {order} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}, updated_at = now()"
     ).encode()
 
 
 _UPSERTS = {attr: _upsert_sql(*spec) for attr, spec in _COUNT_TABLES.items()}
+_STAGE_DDL = ";".join(_stage_ddl(*spec) for spec in _COUNT_TABLES.values()).encode()
+_STAGE_COPY = {
+    attr: (
+        f"COPY {_stage_name(spec[0])} FROM STDIN (FORMAT BINARY)".encode(),
+        [*spec[2], *(["int8"] * len(COUNTER_FIELDS))],
+    )
+    for attr, spec in _COUNT_TABLES.items()
+}
 
 _SET_TAGS_SQL = b"""
 WITH u AS (
@@ -110,6 +129,14 @@ ON CONFLICT (listing_id) DO UPDATE
     WHERE t.src_offset IS NULL OR t.src_partition IS DISTINCT FROM excluded.src_partition
           OR t.src_offset < excluded.src_offset
 RETURNING listing_id
+"""
+
+_TAKE_PENDING_SQL = b"""
+UPDATE feedback_events e
+SET tag_ids = ARRAY(SELECT jsonb_array_elements_text(x.t)), attributed_at = now()
+FROM jsonb_to_recordset(%s::jsonb) AS x(l text, t jsonb)
+WHERE e.listing_id = x.l AND e.tag_ids IS NULL
+RETURNING e.user_id, e.listing_id, e.type, e.quantity, e.revenue, e.ts
 """
 
 
@@ -190,17 +217,18 @@ class PostgresUnitOfWork:
                     )
 
     async def add_counts(self, deltas: Deltas) -> None:
+        """Binary COPY of the deltas into per-connection staging tables, then one upsert per table."""
         for attr, sql in _UPSERTS.items():
             table: dict[tuple[Any, ...], list[int]] = getattr(deltas, attr)
             if not table:
                 continue
-            keys = sorted(table)
-            n_keys = len(keys[0])
-            columns: list[list[Any]] = [[k[i] for k in keys] for i in range(n_keys)]
-            for j in range(len(COUNTER_FIELDS)):
-                col = [table[k][j] for k in keys]
-                columns.append([revenue_decimal(x) for x in col] if j == _REV else col)
-            await self.conn.execute(sql, columns)
+            copy_sql, types = _STAGE_COPY[attr]
+            async with self.conn.cursor() as cur:
+                async with cur.copy(copy_sql) as copy:
+                    copy.set_types(types)
+                    for key in sorted(table):  # sorted: upserts lock rows in key order, no deadlocks
+                        await copy.write_row((*key, *table[key]))
+                await cur.execute(sql)
 
     async def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
         if not offsets:
@@ -238,18 +266,15 @@ class PostgresUnitOfWork:
             b" WHERE tag_ids IS NULL AND listing_id = ANY(%s::text[])",
             (sorted(tags_by_listing),),
         )
+        waiting = sorted(r[0] for r in await cur.fetchall())
+        if not waiting:
+            return []
+        payload = orjson.dumps([{"l": lid, "t": list(tags_by_listing[lid])} for lid in waiting]).decode()
+        cur = await self.conn.execute(_TAKE_PENDING_SQL, (payload,))
         moved: list[tuple[Fact, TagIds]] = []
-        for (lid,) in sorted(await cur.fetchall()):
-            tags = tags_by_listing[lid]
-            rows = await self.conn.execute(
-                b"UPDATE feedback_events SET tag_ids = %s::text[], attributed_at = now()"
-                b" WHERE listing_id = %s AND tag_ids IS NULL"
-                b" RETURNING user_id, listing_id, type, quantity, revenue, ts",
-                (list(tags), lid),
-            )
-            for user_id, listing_id, type_, quantity, revenue, ts in await rows.fetchall():
-                fact = Fact(user_id, listing_id, type_, quantity, int(revenue.scaleb(4)), ts)
-                moved.append((fact, tags))
+        for user_id, listing_id, type_, quantity, revenue, ts in await cur.fetchall():
+            fact = Fact(user_id, listing_id, type_, quantity, int(revenue.scaleb(4)), ts)
+            moved.append((fact, tags_by_listing[listing_id]))
         return moved
 
 
@@ -286,11 +311,18 @@ class PostgresFeedbackStore:
         self.max_retry_s = max_retry_s
         self.stats = StoreStats()
         self._days: set[date] = set()
+        # Connections (new ones after a Postgres restart) that have the staging tables.
+        self._staged: weakref.WeakSet[psycopg.AsyncConnection[Any]] = weakref.WeakSet()
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[PostgresUnitOfWork]:
-        async with self.pool.connection() as conn, conn.transaction():
-            yield PostgresUnitOfWork(conn)
+        async with self.pool.connection() as conn:
+            if conn not in self._staged:
+                await conn.execute(_STAGE_DDL)
+                await conn.commit()
+                self._staged.add(conn)
+            async with conn.transaction():
+                yield PostgresUnitOfWork(conn)
 
     async def record_feedback(
         self, batch: Sequence[Consumed], offsets: Mapping[tuple[str, int], int] | None = None
