@@ -189,7 +189,12 @@ def run(
         steady_s = t_done - t_first
         mismatches = recount_mismatches(url)
         tags = {e.listing_id: tuple(sorted({t.tag_id for t in e.tags})) for e in tag_events}
-        stages = _stage_bench(url, raw[:stage_events], tags, batch_size)
+        # Same events under new ids: the worker has claimed the originals, these must count afresh.
+        stage_raw = [
+            encode(decode(FeedbackEvent, r).model_copy(update={"event_id": f"stage-{i}"}))
+            for i, r in enumerate(raw[:stage_events])
+        ]
+        stages = _stage_bench(url, stage_raw, tags, batch_size)
 
         busy = worker_stats.get("busy_since_first_batch_s") or steady_s
         split = {

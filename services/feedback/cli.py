@@ -1,9 +1,115 @@
-"""`tagloop` commands of the feedback service."""
+"""`tagloop` commands of the feedback service.
+
+* ``tagloop feedback run``: the faust worker (migrates first).
+* ``tagloop feedback migrate``: the feedback schema only.
+* ``tagloop feedback verify [--json]``: count tables vs a recount from the archive.
+* ``tagloop bench feedback --json``: events/s counted exactly once, and where the time goes.
+* ``tagloop db migrate [--json]``: every service's migrations (``services/*/migrations.py``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
+import pkgutil
+from typing import Annotated, Any
+
 import typer
+
+from shared.db import Migration
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:32} {value}")
+
+
+def all_migrations() -> list[Migration]:
+    """Every ``MIGRATIONS`` list found in ``services.<name>.migrations``."""
+    import services
+
+    found: list[Migration] = []
+    for info in pkgutil.iter_modules(services.__path__):
+        if not info.ispkg:
+            continue
+        try:
+            module = importlib.import_module(f"services.{info.name}.migrations")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"services.{info.name}.migrations":
+                raise
+            continue
+        found.extend(getattr(module, "MIGRATIONS", []))
+    return found
+
+
+def run_cmd(
+    group: Annotated[str, typer.Option(help="Consumer group (faust app id).")] = "tagloop-feedback",
+    batch_size: Annotated[int, typer.Option(help="Max events per micro-batch/transaction.")] = 5000,
+    within: Annotated[float, typer.Option(help="Max seconds to fill a micro-batch.")] = 0.5,
+    web: Annotated[bool, typer.Option(help="Run faust's web server on a free loopback port.")] = False,
+) -> None:
+    """Run the feedback worker until SIGTERM/SIGINT."""
+    from services.feedback.app import FeedbackConfig
+    from services.feedback.main import run_worker
+    from shared.settings import Settings
+
+    run_worker(Settings(), FeedbackConfig(group=group, batch_size=batch_size, within_s=within, web=web))
+
+
+def migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Apply the feedback schema."""
+    from services.feedback.app import migrate
+    from shared.settings import Settings
+
+    _print({"applied": migrate(Settings())}, as_json)
+
+
+def verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Compare every count table with a recount from the archive; exit 1 on any difference."""
+    from services.feedback.repository import recount_mismatches
+    from shared.settings import Settings
+
+    mismatches = recount_mismatches(Settings().database_url)
+    exact = set(mismatches.values()) <= {0}
+    _print({"exact": exact, "mismatched_rows": mismatches}, as_json)
+    if not exact:
+        raise typer.Exit(1)
+
+
+def bench_cmd(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    events: Annotated[int, typer.Option(help="Feedback events through the real worker.")] = 100_000,
+    batch_size: Annotated[int, typer.Option(help="Worker micro-batch size.")] = 10_000,
+    stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 50_000,
+) -> None:
+    """Feedback events/s counted into Postgres exactly once (private broker, fresh database)."""
+    from bench.feedback import run
+
+    _print(run(n_events=events, batch_size=batch_size, stage_events=stage_events), as_json)
+
+
+def db_migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Apply every service's migrations (idempotent; safe to run concurrently)."""
+    from shared.db import apply_migrations
+    from shared.settings import Settings
+
+    applied = apply_migrations(Settings(), all_migrations())
+    _print({"applied": [f"{m.service}:{m.version}:{m.name}" for m in applied]}, as_json)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
     """Attach this service's commands to the top-level `tagloop` app and its `eval`/`bench` groups."""
+    feedback_app = typer.Typer(no_args_is_help=True, help="Feedback aggregation into Postgres.")
+    feedback_app.command("run")(run_cmd)
+    feedback_app.command("migrate")(migrate_cmd)
+    feedback_app.command("verify")(verify_cmd)
+    app.add_typer(feedback_app, name="feedback")
+    bench_app.command("feedback")(bench_cmd)
+    # `tagloop db` belongs to no single service; registered here until the top-level CLI owns it.
+    if not any(g.name == "db" for g in app.registered_groups):
+        db_app = typer.Typer(no_args_is_help=True, help="Database schema of all services.")
+        db_app.command("migrate")(db_migrate_cmd)
+        app.add_typer(db_app, name="db")
