@@ -74,23 +74,33 @@ def decode_listing(record: RawRecord) -> ListingEvent:
 
 
 class SeenContent:
-    """Bounded memory of the last tagged (content hash, model version) per listing."""
+    """Bounded memory of the last tagged (content hash, model version) per listing.
+
+    Each entry remembers the partition it came from: when a partition is assigned
+    (again), what this process remembers of it may be stale (another member may have
+    tagged newer text meanwhile), so :meth:`forget_partitions` drops it.
+    """
 
     def __init__(self, capacity: int = 1_000_000) -> None:
         self._capacity = capacity
-        self._last: OrderedDict[str, str] = OrderedDict()
+        self._last: OrderedDict[str, tuple[str, tuple[str, int] | None]] = OrderedDict()
 
     def unchanged(self, listing_id: str, fingerprint: str) -> bool:
-        return self._last.get(listing_id) == fingerprint
+        entry = self._last.get(listing_id)
+        return entry is not None and entry[0] == fingerprint
 
-    def remember(self, listing_id: str, fingerprint: str) -> None:
-        self._last[listing_id] = fingerprint
+    def remember(self, listing_id: str, fingerprint: str, partition: tuple[str, int] | None = None) -> None:
+        self._last[listing_id] = (fingerprint, partition)
         self._last.move_to_end(listing_id)
         while len(self._last) > self._capacity:
             self._last.popitem(last=False)
 
     def forget(self, listing_id: str) -> None:
         self._last.pop(listing_id, None)
+
+    def forget_partitions(self, partitions: set[tuple[str, int]]) -> None:
+        for listing_id in [lid for lid, (_, tp) in self._last.items() if tp in partitions]:
+            del self._last[listing_id]
 
 
 def plan_batch(records: Sequence[RawRecord], seen: SeenContent, model_version: str) -> BatchPlan:
@@ -115,7 +125,7 @@ def plan_batch(records: Sequence[RawRecord], seen: SeenContent, model_version: s
         if listing.op == ListingOp.UPDATED and seen.unchanged(listing.listing_id, fingerprint):
             plan.unchanged.append(record)
             continue
-        seen.remember(listing.listing_id, fingerprint)
+        seen.remember(listing.listing_id, fingerprint, (record.topic, record.partition))
         plan.to_tag.append(ToTag(record, listing, digest))
     return plan
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
+from services.tagger.zero_shot import ZeroShotTagger, label_text
 from shared.events import Tag
 from shared.settings import Settings
 from shared.taxonomy import load_taxonomy
 from shared.triton_client import AsyncTritonTextClient
-from services.tagger.zero_shot import ZeroShotTagger, label_text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ async def zero_shot_tagger(
         chunks = [texts[i : i + LABEL_CHUNK] for i in range(0, len(texts), LABEL_CHUNK)]
         embeddings = np.concatenate([(await infer(chunk))["EMBEDDING"] for chunk in chunks])
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, embeddings)
+        # Write then rename: taggers starting side by side must never load a half-written file.
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, embeddings)
+        os.replace(tmp, cache)
     return ZeroShotTagger.from_embeddings(probe.categories, embeddings)
 
 
@@ -98,7 +102,9 @@ class TritonZeroShotBackend:
 class TritonTagModelBackend:
     """The trained tag model on Triton, one pinned version, with its model card."""
 
-    def __init__(self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None) -> None:
+    def __init__(
+        self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None
+    ) -> None:
         from services.trainer.artifacts import load_model_card
 
         self.client = client

@@ -7,6 +7,7 @@ Bootstrap: settings → tag backend (trained model or zero-shot, on Triton) → 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -24,10 +25,8 @@ async def serve(settings: Settings, options: TaggerOptions, http_port: int | Non
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
-            pass
     backend = await build_backend(settings)
     log.info("model %s version %s", backend.stamp.name, backend.stamp.version)
     metrics = TaggerMetrics()

@@ -138,7 +138,7 @@ class TaggerPipeline:
     async def _process(self, records: list[RawRecord]) -> BatchResult:
         """decode → plan → infer (with retries) → records to publish, in input order."""
         plan = plan_batch(records, self.seen, self.backend.stamp.version)
-        out: list[OutRecord] = []
+        by_record: dict[tuple[int, int], OutRecord] = {}
         tagged = await self._infer(plan)
         topic = self.settings.topics.tags
         stamp = self.backend.stamp
@@ -147,13 +147,17 @@ class TaggerPipeline:
             result = tagged.get(item.record.offset, item.record.partition)
             if isinstance(result, Exception):
                 self.seen.forget(item.listing.listing_id)
-                out.append(self._dead_letter(item.record, result))
+                by_record[_key(item.record)] = self._dead_letter(item.record, result)
             else:
-                out.append(tag_record(topic, item, result, stamp.name, stamp.version))
+                by_record[_key(item.record)] = tag_record(topic, item, result, stamp.name, stamp.version)
                 event_ts.append(item.listing.ts.timestamp())
-        out += [tombstone_record(topic, listing) for _, listing in plan.deleted]
-        out += [self._dead_letter(rej.record, rej.error) for rej in plan.rejected]
+        for record, listing in plan.deleted:
+            by_record[_key(record)] = tombstone_record(topic, listing)
+        for rej in plan.rejected:
+            by_record[_key(rej.record)] = self._dead_letter(rej.record, rej.error)
         self.metrics.skipped_unchanged.inc(len(plan.unchanged))
+        # Input order: a listing deleted then re-created within one batch must end tagged, not tombstoned.
+        out = [by_record[k] for k in map(_key, records) if k in by_record]
         return BatchResult(out, event_ts)
 
     async def _infer(self, plan: BatchPlan) -> _Results:
@@ -278,7 +282,12 @@ class TaggerPipeline:
         self.metrics.paused.set(1 if want_pause else 0)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        new = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned |= new
+        # What we remember of a partition from an earlier ownership may be stale: forget it
+        # (on the loop thread, before any batch of these partitions is planned there).
+        if new and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.seen.forget_partitions, new)
         if self.paused and partitions:
             consumer.pause(partitions)
         log.info("assigned %s", sorted(self.assigned))
@@ -356,6 +365,10 @@ class TaggerPipeline:
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer error: %s", err)
         return True
+
+
+def _key(record: RawRecord) -> tuple[int, int]:
+    return (record.partition, record.offset)
 
 
 class _Results:
