@@ -80,7 +80,8 @@ def _stream_and_show(console: Console, settings: Settings, limit: int, timeout_s
             seen.add(event.listing_id)
             deepest = max(event.tags, key=lambda t: (t.name.count(">"), t.score))
             line = f"{deepest.name} ({deepest.score:.2f})"
-            console.print(f"[green]{len(seen):4d}[/] {titles.get(event.listing_id, event.listing_id)[:60]!s:60} → {line}")
+            title = titles.get(event.listing_id, event.listing_id)[:60]
+            console.print(f"[green]{len(seen):4d}[/] {title:60} → {line}")
             if len(table.rows) < 15:
                 table.add_row(titles.get(event.listing_id, "")[:50],
                               "\n".join(f"{t.name} ({t.score:.2f})" for t in event.tags),

@@ -8,9 +8,10 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
 
-from shared.kafka import consumer_config
+from shared.kafka import consumer_config, create_topics, producer_config
 from shared.settings import KafkaSettings, Settings
 
 
@@ -88,3 +89,50 @@ class InProcessTagger:
             self.thread.join(90)
         if self.error is not None:
             raise self.error
+
+
+def transactions_problem(kafka: KafkaSettings) -> str | None:
+    """What is wrong with the broker's transactions, or None when they behave.
+
+    Two aborted and two committed transactions of 5 records; a read_committed consumer
+    that is already reading must see exactly the 10 committed records, in order.
+    """
+    topic = f"tx-probe-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka, [NewTopic(topic, num_partitions=1, replication_factor=1)])
+    producer = Producer(producer_config(kafka, transactional_id=f"tx-{uuid.uuid4().hex[:6]}"))
+    try:
+        producer.init_transactions(15)
+    except KafkaException as exc:
+        return f"init_transactions failed: {exc}"
+    reader = Consumer(consumer_config(kafka, f"g-{uuid.uuid4().hex[:6]}", read_committed=True))
+    reader.assign([TopicPartition(topic, 0, 0)])
+    expected: list[bytes] = []
+    got: list[bytes] = []
+
+    def read(window_s: float) -> None:
+        end = time.monotonic() + window_s
+        while time.monotonic() < end:
+            msg = reader.poll(0.1)
+            if msg is not None and not msg.error():
+                got.append(msg.value())
+
+    try:
+        for round_ in range(4):
+            producer.begin_transaction()
+            for i in range(5):
+                producer.produce(topic, key=b"k", value=f"r{round_}-{i}".encode(), partition=0)
+            producer.flush(10)
+            read(1.5)  # must see nothing of an open transaction
+            if round_ % 2:
+                producer.abort_transaction(15)
+            else:
+                producer.commit_transaction(15)
+                expected += [f"r{round_}-{i}".encode() for i in range(5)]
+        read(5)
+    finally:
+        reader.close()
+    if got == expected:
+        return None
+    leaked = [v for v in got if v not in expected]
+    return (f"read_committed saw {len(got)} records ({len(leaked)} from open or aborted transactions), "
+            f"expected {len(expected)}")

@@ -10,11 +10,12 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from shared.kafka import client_config, consumer_config, create_topics, producer_config
 from shared.settings import KafkaSettings
+from tests.support import transactions_problem
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,8 @@ def kafka(kafka_bootstrap: str) -> KafkaSettings:
 
 def new_topic(kafka: KafkaSettings, partitions: int = 1, config: dict[str, str] | None = None) -> str:
     name = f"cap-{uuid.uuid4().hex[:8]}"
-    create_topics(kafka, [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})])
+    spec = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
+    create_topics(kafka, [spec])
     return name
 
 
@@ -111,34 +113,9 @@ def test_idempotent_producer_exactly_in_order(kafka: KafkaSettings) -> None:
 def test_transactions_read_committed(kafka: KafkaSettings) -> None:
     """Aborted records must stay invisible to a read_committed consumer, also one that is
     already reading while the transaction is open (the tagger's downstream case)."""
-    topic = new_topic(kafka)
-    producer = Producer(producer_config(kafka, transactional_id=f"tx-{uuid.uuid4().hex[:6]}"))
-    try:
-        producer.init_transactions(15)
-    except KafkaException as exc:
-        pytest.skip(f"broker lacks transactions: init_transactions failed: {exc}")
-    reader = Consumer(consumer_config(kafka, f"g-{uuid.uuid4().hex[:6]}", read_committed=True))
-    reader.assign([TopicPartition(topic, 0, 0)])
-    expected: list[bytes] = []
-    got: list[bytes] = []
-    for round_ in range(4):
-        producer.begin_transaction()
-        for i in range(5):
-            producer.produce(topic, key=b"k", value=f"r{round_}-{i}".encode(), partition=0)
-        producer.flush(10)
-        got += [m.value() for m in drain(reader, 1, timeout_s=2)]  # must see nothing while open
-        if round_ % 2:
-            producer.abort_transaction(15)
-        else:
-            producer.commit_transaction(15)
-            expected += [f"r{round_}-{i}".encode() for i in range(5)]
-    got += [m.value() for m in drain(reader, 20, timeout_s=10)]
-    reader.close()
-    if got != expected:
-        aborted = [v for v in got if v not in expected]
-        pytest.skip(f"broker lacks correct transactions: read_committed saw {len(got)} records "
-                    f"({len(aborted)} from aborted or open transactions), expected {len(expected)}")
-    assert got == expected
+    problem = transactions_problem(kafka)
+    if problem:
+        pytest.skip(f"broker lacks correct transactions: {problem}")
 
 
 def test_compacted_topic_config_and_tombstones(kafka: KafkaSettings) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from services.simulator.listings import flipkart_records
 from services.tagger.zero_shot import ZeroShotTagger
 from services.trainer.data import CATEGORY_SEP
