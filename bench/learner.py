@@ -104,9 +104,7 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
 
     t0 = time.perf_counter()
     run(settings, ls, stop, on_batch=on_batch)
-    Path(out).write_text(
-        json.dumps({"lags": lags, "learned": learned[0], "seconds": time.perf_counter() - t0})
-    )
+    Path(out).write_text(json.dumps({"lags": lags, "learned": learned[0], "seconds": time.perf_counter() - t0}))
 
 
 def lag_at_rate(settings: Settings, ls: LearnerSettings, rate: int, seconds: float) -> dict[str, Any]:
@@ -119,18 +117,13 @@ def lag_at_rate(settings: Settings, ls: LearnerSettings, rate: int, seconds: flo
             model_name="bench",
             model_version="1",
             source_event_id=lid,
-            tags=[
-                Tag(tag_id=t, name=t, kind=TagKind.CATEGORY, score=0.9, source=TagSource.ZERO_SHOT)
-                for t in tags
-            ],
+            tags=[Tag(tag_id=t, name=t, kind=TagKind.CATEGORY, score=0.9, source=TagSource.ZERO_SHOT) for t in tags],
         )
         producer.produce(settings.topics.tags, key=lid.encode(), value=encode(tag_event))
     producer.flush(30)
     total = int(rate * seconds)
     # Encoded before the clock starts: the producer must hold the rate, not the learner's CPU share.
-    payloads = [
-        (e.user_id.encode(), encode(e)) for e in _events(total, rng, prefix=f"b{uuid.uuid4().hex[:6]}-")
-    ]
+    payloads = [(e.user_id.encode(), encode(e)) for e in _events(total, rng, prefix=f"b{uuid.uuid4().hex[:6]}-")]
 
     ctx = mp.get_context("spawn")
     ready, stop_flag = ctx.Event(), ctx.Event()
@@ -163,7 +156,7 @@ def lag_at_rate(settings: Settings, ls: LearnerSettings, rate: int, seconds: flo
         child.join(120)
         result = json.loads(Path(out).read_text())
     lags = sorted(result["lags"])
-    q = statistics.quantiles(lags, n=100) if len(lags) >= 2 else lags * 100
+    q = statistics.quantiles(lags, n=100, method="inclusive") if len(lags) >= 2 else lags * 100
     return {
         "input_rate": rate,
         "achieved_input_rate": round(total / produce_s),
@@ -182,6 +175,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """The whole benchmark; starts a private broker unless ``settings`` points at one."""
     from shared.devstack.broker import start_broker, stop_broker
+    from shared.devstack.stack import drop_database, ensure_database
 
     result: dict[str, Any] = {
         "throughput_lr": model_throughput("lr", 50_000),
@@ -191,6 +185,10 @@ def run_bench(
     state = Path(tempfile.mkdtemp(prefix="tagloop-bench-learner-"))
     own_broker = settings is None
     base = settings or Settings(kafka={"bootstrap_servers": start_broker(state, name="bench-broker")})
+    # A throw-away database: the benchmark's checkpoints never mix with real ones.
+    dbname = f"tagloop_bench_{uuid.uuid4().hex[:8]}"
+    base = base.model_copy(update={"database_url": ensure_database(base.database_url, dbname)})
+    server_url = settings.database_url if settings else Settings().database_url
     try:
         suffix = uuid.uuid4().hex[:8]
         topics = TopicSettings(
@@ -206,19 +204,11 @@ def run_bench(
         result["lag"] = lag_at_rate(s, ls, rate, seconds)
         result["model"] = f"river-{kind}"
         result["goal_lag_below_1s"] = result["lag"]["lag_p99_s"] < 1.0
-        _drop_checkpoints(s.database_url, ls.name)
     finally:
+        drop_database(server_url, dbname)
         if own_broker:
             stop_broker(state, name="bench-broker")
     return result
-
-
-def _drop_checkpoints(database_url: str, learner: str) -> None:
-    from shared.db import connect
-
-    with connect(database_url) as conn:
-        conn.execute("DELETE FROM learner_checkpoints WHERE learner = %s", (learner,))
-        conn.commit()
 
 
 if __name__ == "__main__":

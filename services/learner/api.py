@@ -179,9 +179,7 @@ def create_app(view: ModelView, token: str, title: str = "tagloop learner") -> F
                 tags=[TagScore(tag_id=t, score=s) for t, s in top],
             )
 
-    @app.get(
-        "/v1/users/{user_id}/tags/{tag_id}", response_model=PairScore, dependencies=auth, tags=["affinity"]
-    )
+    @app.get("/v1/users/{user_id}/tags/{tag_id}", response_model=PairScore, dependencies=auth, tags=["affinity"])
     def pair_score(user_id: str, tag_id: str) -> PairScore:
         """P(engagement | user, tag)."""
         with model() as m:

@@ -116,7 +116,5 @@ class PostgresCheckpoints:
     def latest_id(self) -> int | None:
         """Id of the newest checkpoint without loading it (cheap freshness check for the API)."""
         with connect(self.database_url) as conn:
-            row = conn.execute(
-                "SELECT max(id) FROM learner_checkpoints WHERE learner = %s", (self.learner,)
-            ).fetchone()
+            row = conn.execute("SELECT max(id) FROM learner_checkpoints WHERE learner = %s", (self.learner,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])

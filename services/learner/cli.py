@@ -84,14 +84,10 @@ def openapi_cmd(
 def eval_affinity_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     model: Annotated[str, typer.Option(help="lr or fm.")] = "lr",
-    granularity: Annotated[
-        str, typer.Option(help="leaf (most specific tags) or all (with ancestors).")
-    ] = "leaf",
+    granularity: Annotated[str, typer.Option(help="leaf (most specific tags) or all (with ancestors).")] = "leaf",
     impressions: Annotated[int, typer.Option(help="Sampled impressions per purchase line.")] = 2,
     train_fraction: Annotated[float, typer.Option(help="Share of the time span streamed as training.")] = 0.8,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Team data folder (default: Settings.data_dir).")
-    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Team data folder (default: Settings.data_dir).")] = None,
 ) -> None:
     """Recall@10 / NDCG@10 of the learner vs popularity and per-user frequency on Online Retail."""
     from services.learner.evaluate import evaluate_affinity, zero_shot_tag_fn

@@ -42,7 +42,8 @@ class FeedbackSource:
 
     def __init__(self, settings: Settings, group_id: str, offsets: Offsets, timeout_s: float = 30.0):
         self.topics = (settings.topics.tags, settings.topics.feedback)
-        self.consumer = Consumer(consumer_config(settings.kafka, group_id))
+        # A short fetch wait: lag behind the topic is what the learner is measured on.
+        self.consumer = Consumer(consumer_config(settings.kafka, group_id) | {"fetch.wait.max.ms": 100})
         self.positions: Offsets = {t: dict(offsets.get(t, {})) for t in self.topics}
         assignment = []
         for topic in self.topics:

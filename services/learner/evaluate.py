@@ -84,9 +84,7 @@ def load_online_retail(path: Path) -> tuple[list[Purchase], dict[str, str]]:
     return purchases, texts
 
 
-def split_by_time(
-    purchases: Sequence[Purchase], train_fraction: float
-) -> tuple[list[Purchase], list[Purchase]]:
+def split_by_time(purchases: Sequence[Purchase], train_fraction: float) -> tuple[list[Purchase], list[Purchase]]:
     """The first ``train_fraction`` of the time span, and the rest."""
     start, end = purchases[0].ts, purchases[-1].ts
     cut = start + train_fraction * (end - start)
@@ -258,9 +256,7 @@ def evaluate_affinity(
         "granularity": granularity,
         "tagging_s": round(t_tagged - t0, 2),
         "learning_s": round(t_learned - t_tagged, 2),
-        "updates_per_s": round(
-            (model.counters.positives + model.counters.negatives) / max(t_learned - t_tagged, 1e-9)
-        ),
+        "updates_per_s": round((model.counters.positives + model.counters.negatives) / max(t_learned - t_tagged, 1e-9)),
         "counters": model.counters.as_dict(),
     }
     result["recall_vs_popularity"] = result["recall_at_10"] / max(result["popularity_recall_at_10"], 1e-12)
@@ -271,9 +267,7 @@ def zero_shot_tag_fn(data_dir: Path, cache_dir: Path | None = None, **tagger_opt
     """The zero-shot tagger (MiniLM + Shopify taxonomy) as a :data:`TagFn`, cached on disk by text."""
 
     def tag(texts: list[str]) -> list[list[str]]:
-        key = hashlib.sha256(
-            json.dumps([texts, sorted(tagger_options.items())], default=str).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([texts, sorted(tagger_options.items())], default=str).encode()).hexdigest()[:16]
         cache = (cache_dir / f"zero-shot-tags-{key}.json") if cache_dir else None
         if cache is not None and cache.exists():
             cached: list[list[str]] = json.loads(cache.read_text())
@@ -283,9 +277,7 @@ def zero_shot_tag_fn(data_dir: Path, cache_dir: Path | None = None, **tagger_opt
         from shared.taxonomy import load_taxonomy
 
         encoder = MiniLMEncoder()
-        tagger = ZeroShotTagger.build(
-            load_taxonomy(data_dir / "shopify-taxonomy"), encoder.encode, **tagger_options
-        )
+        tagger = ZeroShotTagger.build(load_taxonomy(data_dir / "shopify-taxonomy"), encoder.encode, **tagger_options)
         out = [[t.tag_id for t in tags] for tags in tagger.tag(encoder.encode(texts))]
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -89,9 +89,7 @@ def run(
             with shared.lock:
                 applied = apply(model, msgs, settings.topics.tags)
             for msg, error in applied.rejected:
-                publish_dead_letter(
-                    producer, settings.topics.dead_letter, dead_letter_for(msg, error, SERVICE)
-                )
+                publish_dead_letter(producer, settings.topics.dead_letter, dead_letter_for(msg, error, SERVICE))
             for msg in msgs:
                 source.advance(msg)
             if on_batch is not None:
@@ -121,9 +119,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ls = LearnerSettings()
-    final = run(
-        Settings(), ls, stop, on_checkpoint=lambda cp: log.info("checkpoint %s %s", cp.id, cp.model.stats())
-    )
+    final = run(Settings(), ls, stop, on_checkpoint=lambda cp: log.info("checkpoint %s %s", cp.id, cp.model.stats()))
     with contextlib.suppress(Exception):
         log.info("stopped at checkpoint %s", final.id)
 

@@ -39,12 +39,21 @@ from services.learner.features import (
     engagement_weight,
     featurizer,
     is_engagement,
+    lr_features,
     tag_only_features,
 )
 from shared.events import FeedbackEvent, FeedbackType
 
 # Showing a listing again and again to someone who ignores it says less each time.
 MAX_REPEATED_NEGATIVES = 5
+
+
+def sigmoid(z: float) -> float:
+    """Logistic function, safe on both tails."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 class HashedLogisticRegression(base.Classifier):
@@ -94,17 +103,14 @@ class HashedLogisticRegression(base.Classifier):
         yield {}
 
     def _indices(self, x: dict[str, Any]) -> list[tuple[int, float]]:
-        return [
-            (zlib.crc32(str(k).encode(), self.seed) % self.n_features, float(v)) for k, v in x.items() if v
-        ]
+        return [(zlib.crc32(str(k).encode(), self.seed) % self.n_features, float(v)) for k, v in x.items() if v]
 
     def _proba(self, indexed: list[tuple[int, float]]) -> float:
-        z = self.intercept + sum(self.weights.get(i, 0.0) * v for i, v in indexed)
-        # Numerically safe sigmoid on both tails.
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return e / (1.0 + e)
+        return sigmoid(self.intercept + sum(self.weights.get(i, 0.0) * v for i, v in indexed))
+
+    def weight(self, name: str) -> float:
+        """The weight of one feature of value 1 (read-only)."""
+        return self.weights.get(zlib.crc32(name.encode(), self.seed) % self.n_features, 0.0)
 
     def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:
         indexed = self._indices(x)
@@ -219,6 +225,25 @@ class UserTagClassifier(base.Classifier):
         p = float(self.model.predict_proba_one(self.features(x)).get(True, 0.5))
         return {False: 1.0 - p, True: p}
 
+    def proba_many(self, users: Sequence[str], tags: Sequence[str]) -> list[float]:
+        """P(engagement) for each ``(users[i], tags[i])``: what ``predict_proba_one`` gives, faster.
+
+        Serving ranks hundreds of candidates per request; for the hashed LR the sum
+        of the three weights is read directly instead of building feature dicts.
+        """
+        m = self.model
+        if not isinstance(m, HashedLogisticRegression) or self._featurize is not lr_features:
+            return [self.predict_proba_one({"user": u, "tag": t})[True] for u, t in zip(users, tags, strict=True)]
+        out = []
+        for user, tag in zip(users, tags, strict=True):
+            z = m.intercept
+            if tag in self.tags:
+                z += m.weight(f"tag={tag}")
+                if user in self.users:
+                    z += m.weight(f"user={user}") + m.weight(f"user×tag={user}|{tag}")
+            out.append(sigmoid(z))
+        return out
+
 
 def _ts(event: FeedbackEvent) -> float:
     return event.ts.timestamp()
@@ -275,9 +300,7 @@ class AffinityModel:
     listing_tags: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _recent_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # (user, listing) -> (first ts, tag that surfaced it, how many times shown)
-    _impressions: OrderedDict[tuple[str, str], tuple[float, str | None, int]] = field(
-        default_factory=OrderedDict
-    )
+    _impressions: OrderedDict[tuple[str, str], tuple[float, str | None, int]] = field(default_factory=OrderedDict)
     _waiting: dict[str, list[_Waiting]] = field(default_factory=dict)
     _n_waiting: int = 0
     _watermark: float = -math.inf
@@ -339,9 +362,7 @@ class AffinityModel:
         """Turn every held-back impression into a negative now (end of an offline stream)."""
         return self._flush_impressions(math.inf)
 
-    def _tags_of(
-        self, listing_id: str, tags: Sequence[str] | None, context_tag: str | None
-    ) -> tuple[str, ...]:
+    def _tags_of(self, listing_id: str, tags: Sequence[str] | None, context_tag: str | None) -> tuple[str, ...]:
         known = tuple(tags) if tags is not None else self.listing_tags.get(listing_id, ())
         if context_tag and context_tag not in known:
             # The tag that surfaced the listing is part of what the shopper engaged with.
@@ -411,12 +432,14 @@ class AffinityModel:
 
     def top_tags(self, user: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` tags this user most likely engages with, best first (ties by tag id)."""
-        scored = ((self.score(user, tag), tag) for tag in self.tags)
+        tags = list(self.tags)
+        scored = zip(self.classifier.proba_many([user] * len(tags), tags), tags, strict=True)
         return [(t, s) for s, t in heapq.nsmallest(k, scored, key=lambda st: (-st[0], st[1]))]
 
     def top_users(self, tag: str, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` users most likely to engage with this tag, best first (ties by user id)."""
-        scored = ((self.score(user, tag), user) for user in self.users)
+        users = list(self.users)
+        scored = zip(self.classifier.proba_many(users, [tag] * len(users)), users, strict=True)
         return [(u, s) for s, u in heapq.nsmallest(k, scored, key=lambda su: (-su[0], su[1]))]
 
     def stats(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ stream cannot flood the topic. Records are keyed by user so compaction keeps the
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -72,24 +73,28 @@ class AffinityPublisher:
     def backlog(self) -> int:
         return len(self._dirty)
 
-    def publish_due(self, model: AffinityModel, max_users: int = 1000) -> int:
-        """Publish dirty users whose turn has come; returns how many records were produced."""
+    def publish_due(self, model: AffinityModel, max_users: int = 200) -> int:
+        """Publish dirty users whose turn has come; returns how many records were produced.
+
+        Each top-k computed takes a token (computing it costs the learner as much as
+        sending it), so the limiter bounds the CPU taken from learning too.
+        """
         sent = 0
-        for user in list(self._dirty)[:max_users]:
+        for user in list(itertools.islice(self._dirty, max_users)):
             if not self.limiter.key_ready(user):
-                continue
-            top = [(t, round(s, SCORE_DECIMALS)) for t, s in model.top_tags(user, self.top_k)]
-            if top == self._sent.get(user):
-                del self._dirty[user]
+                self._dirty.move_to_end(user)  # not yet: let the others have their turn
                 continue
             if not self.limiter.take(user):
                 break  # out of tokens: the rest stay dirty for a later call
+            del self._dirty[user]
+            top = [(t, round(s, SCORE_DECIMALS)) for t, s in model.top_tags(user, self.top_k)]
+            if top == self._sent.get(user):
+                continue
             record = UserAffinity(
                 user_id=user, top_tags=top, model_name=model.name, events_seen=model.counters.events_seen
             )
             self.producer.produce(self.topic, key=user.encode(), value=encode(record))
             self._sent[user] = top
-            del self._dirty[user]
             sent += 1
         self.producer.poll(0)
         self.published += sent

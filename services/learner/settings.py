@@ -22,7 +22,8 @@ class LearnerSettings(BaseSettings):
     name: str = "default"  # checkpoints and the consumer group are per learner name
     model: Literal["lr", "fm"] = "lr"
     learning_rate: float = 0.05
-    checkpoint_every: int = 5000  # events between checkpoints ...
+    # A checkpoint pickles the whole model: at ~10k events/s, every 50k events (or 10 s) is plenty.
+    checkpoint_every: int = 50_000  # events between checkpoints ...
     checkpoint_interval_s: float = 10.0  # ... or seconds, whichever comes first
     checkpoints_kept: int = 3
     impression_window_s: float = 1800.0
@@ -31,7 +32,7 @@ class LearnerSettings(BaseSettings):
     # user-affinity publishing: at most once per user per interval, and a global rate
     top_k: int = 10
     publish_min_interval_s: float = 5.0
-    publish_max_per_s: float = 200.0
+    publish_max_per_s: float = 20.0  # also bounds the CPU spent on top-k instead of learning
     # HTTP API
     # Bearer token of the API; TAGLOOP_API_TOKEN (shared by the services) is accepted too.
     api_token: SecretStr = Field(

@@ -209,3 +209,12 @@ def test_repeated_impressions_of_a_pair_are_each_a_negative() -> None:
     m.learn(_event(2, "u", "l2", FeedbackType.IMPRESSION, minutes=1))
     m.flush()
     assert m.counters.negatives == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_proba_many_matches_predict_proba_one(kind: str) -> None:
+    clf = _trained(kind)
+    pairs = [("alice", "shoes"), ("bob", "shoes"), ("carol", "pots"), ("alice", "unseen"), ("x", "y")]
+    users, tags = zip(*pairs, strict=True)
+    expected = [clf.predict_proba_one({"user": u, "tag": t})[True] for u, t in pairs]
+    assert clf.proba_many(list(users), list(tags)) == pytest.approx(expected, abs=1e-12)
