@@ -46,6 +46,9 @@ class ModelCard(BaseModel):
     vocabulary: list[VocabEntry]
     thresholds: list[float]  # per tag, on the calibrated PROBS, vocabulary order
     temperature: float = 1.0  # already applied inside the exported model's PROBS
+    # Zero-shot score of a cold-start tag: sigmoid(scale * (cosine(EMBEDDING, name embedding) - threshold)).
+    zero_shot_threshold: float = 0.5
+    zero_shot_scale: float = 20.0
     metrics: dict[str, object] = Field(default_factory=dict)
     data_fingerprint: str
     created_at: datetime = Field(default_factory=utc_now)

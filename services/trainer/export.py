@@ -171,6 +171,8 @@ def export(
         vocabulary=vocab,
         thresholds=calibration["thresholds"],
         temperature=calibration["temperature"],
+        zero_shot_threshold=calibration.get("zero_shot_threshold", 0.5),
+        zero_shot_scale=calibration.get("zero_shot_scale", 20.0),
         metrics=metrics,
         data_fingerprint=calibration["fingerprint"],
         export_format=export_format,

@@ -32,6 +32,13 @@ class ZeroShotTags:
     threshold: float = 0.5
     scale: float = 20.0
 
+    @classmethod
+    def from_card(
+        cls, card: ModelCard, entries: Sequence[VocabEntry], embeddings: np.ndarray
+    ) -> ZeroShotTags:
+        """Cold-start tags with the zero-shot calibration fitted for the model version ``card``."""
+        return cls(tuple(entries), np.asarray(embeddings), card.zero_shot_threshold, card.zero_shot_scale)
+
     def scores(self, listing_embeddings: np.ndarray) -> np.ndarray:
         """``[n, m]`` calibrated scores: ``sigmoid(scale * (cosine - threshold))``."""
         sims = np.asarray(listing_embeddings, dtype=np.float64) @ np.asarray(self.embeddings, np.float64).T

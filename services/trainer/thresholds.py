@@ -101,3 +101,30 @@ def tune_thresholds(
             out[j] = t
     # Round down, not to nearest: rounding up would drop the very example the cut was placed at.
     return np.floor(np.clip(out, min_threshold, 1.0) * 1e6) / 1e6
+
+
+def fit_zero_shot(
+    similarities: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Calibrate zero-shot scores: ``P(tag) = sigmoid(scale * (cosine - threshold))``.
+
+    Fitted by one-feature logistic regression on the validation listings against the tags the model
+    knows, used as stand-ins for cold-start tags (their names embedded like a new tag's would be).
+
+    Returns
+    -------
+    (float, float)
+        ``(threshold, scale)``, rounded to 6 decimals.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    known = np.ones_like(y, dtype=bool) if mask is None else mask > 0
+    x = similarities[known].reshape(-1, 1)
+    target = y[known]
+    if target.min() == target.max():
+        return 0.5, 20.0
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(x, target)
+    scale = float(clf.coef_[0, 0])
+    if scale <= 0:  # similarity does not predict the tag at all: make zero-shot near-silent
+        return 1.0, 20.0
+    return round(-float(clf.intercept_[0]) / scale, 6), round(scale, 6)

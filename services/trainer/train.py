@@ -24,7 +24,7 @@ from services.trainer.data import Format, Record, fingerprint, load_records
 from services.trainer.labels import build_vocabulary, label_matrix, map_to_taxonomy
 from services.trainer.model import TagModel, load_tokenizer
 from services.trainer.split import Split, group_split
-from services.trainer.thresholds import fit_temperature, tune_thresholds
+from services.trainer.thresholds import fit_temperature, fit_zero_shot, tune_thresholds
 from shared.taxonomy import load_taxonomy
 
 CONFIG_FILE = "config.json"
@@ -287,23 +287,49 @@ def train(
     return out
 
 
+def tag_texts(vocab: Sequence[VocabEntry]) -> list[str]:
+    """The text embedded for each tag in zero-shot scoring: a category's path, an attribute's name."""
+    by_id = {v.tag_id: v for v in vocab}
+    texts = []
+    for v in vocab:
+        path, parent = [v.name], v.parent
+        while parent is not None and parent in by_id:
+            path.insert(0, by_id[parent].name)
+            parent = by_id[parent].parent
+        texts.append(" > ".join(path))
+    return texts
+
+
 def calibrate(
     model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfig, out: Path
 ) -> dict[str, Any]:
-    """Fit the temperature and per-tag thresholds on the validation split; write ``calibration.json``."""
+    """Fit the temperature, per-tag thresholds and zero-shot calibration on the validation split.
+
+    Writes ``calibration.json``; deterministic for a given model and data.
+    """
     val = prep.split.val
-    logits, _ = predict(model, tokenizer, [prep.records[i].text for i in val], config.max_length)
+    logits, emb = predict(model, tokenizer, [prep.records[i].text for i in val], config.max_length)
     y, mask = prep.y[val], prep.mask[val]
     temperature = fit_temperature(logits.astype(np.float64), y, mask)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature))
     thresholds = tune_thresholds(probs, y, mask, config.target_precision)
+    _, tag_emb = predict(model, tokenizer, tag_texts(prep.vocab), config.max_length)
+    zs_threshold, zs_scale = fit_zero_shot(emb.astype(np.float64) @ tag_emb.T.astype(np.float64), y, mask)
     calibration = {
         "temperature": temperature,
         "thresholds": thresholds.tolist(),
         "fingerprint": prep.fingerprint,
+        "zero_shot_threshold": zs_threshold,
+        "zero_shot_scale": zs_scale,
     }
     (out / CALIBRATION_FILE).write_text(json.dumps(calibration))
     return calibration
+
+
+def recalibrate(out: Path) -> dict[str, Any]:
+    """Re-run :func:`calibrate` for the finished run in ``out`` (e.g. after a calibration change)."""
+    config, _, model, _ = load_trained(out)
+    return calibrate(model, load_tokenizer(), prepare(config), config, Path(out))
 
 
 def load_trained(out: Path) -> tuple[TrainConfig, list[VocabEntry], TagModel, dict[str, Any]]:

@@ -96,3 +96,12 @@ def test_zero_shot_tags_for_cold_start() -> None:
     assert [(t.tag_id, t.source) for t in tags[0]] == [("zs:sarees", TagSource.ZERO_SHOT)]
     assert tags[0][0].score > 0.99
     assert tags[1] == []  # similarity 0 to "Sarees"; "Watches" comes only from the model
+
+
+def test_zero_shot_uses_the_card_calibration() -> None:
+    card = CARD.model_copy(update={"zero_shot_threshold": 0.3, "zero_shot_scale": 10.0})
+    entry = VocabEntry(tag_id="zs:x", name="X", kind=A, level=0)
+    zs = ZeroShotTags.from_card(card, [entry], np.array([[1.0, 0.0]]))
+    scores = zs.scores(np.array([[0.3, 0.954], [1.0, 0.0]]))
+    assert abs(scores[0, 0] - 0.5) < 1e-9  # similarity at the threshold -> 0.5
+    assert abs(scores[1, 0] - 1 / (1 + np.exp(-7.0))) < 1e-9

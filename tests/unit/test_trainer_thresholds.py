@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.trainer.evaluate import prf
-from services.trainer.thresholds import fit_temperature, tune_thresholds
+from services.trainer.thresholds import fit_temperature, fit_zero_shot, tune_thresholds
 
 
 def test_temperature_recovers_overconfidence() -> None:
@@ -52,3 +52,13 @@ def test_prf_micro_macro() -> None:
     # tp=2, fp=1, fn=1 -> micro 2*2/(4+2)
     assert abs(m["micro_f1"] - round(4 / 6, 4)) < 1e-9
     assert abs(m["macro_f1"] - round((1 + 1 + 0) / 3, 4)) < 1e-9
+
+
+def test_zero_shot_calibration_recovers_the_logistic_curve() -> None:
+    rng = np.random.default_rng(4)
+    sims = rng.uniform(-0.2, 0.9, size=(3000, 4))
+    p = 1 / (1 + np.exp(-12.0 * (sims - 0.45)))
+    y = (rng.random(sims.shape) < p).astype(float)
+    threshold, scale = fit_zero_shot(sims, y)
+    assert abs(threshold - 0.45) < 0.03
+    assert 9.0 < scale < 15.0
