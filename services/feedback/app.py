@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 import orjson
@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 
 SERVICE = "feedback"
 DEFAULT_GROUP = "tagloop-feedback"
+
+
+class Record(Protocol):
+    """What both engines hand over per consumed record (faust ``Message``, aiokafka ``ConsumerRecord``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -73,9 +83,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.events = Counter(
-            "feedback_events", "Feedback events by outcome", ["outcome"], registry=self.registry
-        )
+        self.events = Counter("feedback_events", "Feedback events by outcome", ["outcome"], registry=self.registry)
         self.pending = Counter(
             "feedback_unattributed_events",
             "Events archived before their listing's tags were known",
@@ -164,7 +172,7 @@ class FeedbackService:
         self.metrics.events.labels("dead_letter").inc(len(letters))
         self.timings.dead_letter += time.perf_counter() - t0
 
-    async def on_feedback(self, events: Sequence[faust.types.EventT]) -> None:
+    async def on_feedback(self, events: Sequence[Record]) -> None:
         if self.timings.first_batch is None:
             self.timings.first_batch = time.monotonic()
         t0 = time.perf_counter()
@@ -195,7 +203,7 @@ class FeedbackService:
         }
         Path(path).write_bytes(orjson.dumps(data))
 
-    async def on_tags(self, events: Sequence[faust.types.EventT]) -> None:
+    async def on_tags(self, events: Sequence[Record]) -> None:
         updates, bad = decode_tags(events)
         if bad:
             await self.dead_letter(bad)
@@ -206,12 +214,12 @@ class FeedbackService:
         self.metrics.reattributed.inc(result.reattributed)
 
 
-def consumed_offsets(events: Sequence[faust.types.EventT]) -> dict[tuple[str, int], int]:
+def consumed_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
     """Highest offset per partition of a batch, dead-lettered records included."""
-    return max_offsets((e.message.topic, e.message.partition, e.message.offset) for e in events)
+    return max_offsets((r.topic, r.partition, r.offset) for r in records)
 
 
-def _letter(message: faust.types.Message, exc: BaseException) -> DeadLetter:
+def _letter(message: Record, exc: BaseException) -> DeadLetter:
     reason = " ".join(str(exc).split())[:2000] or type(exc).__name__
     return DeadLetter(
         original=message.value or b"",
@@ -225,12 +233,11 @@ def _letter(message: faust.types.Message, exc: BaseException) -> DeadLetter:
     )
 
 
-def decode_feedback(events: Sequence[faust.types.EventT]) -> tuple[list[Consumed], list[DeadLetter]]:
+def decode_feedback(records: Sequence[Record]) -> tuple[list[Consumed], list[DeadLetter]]:
     """Validate raw feedback records; what does not validate becomes a dead letter."""
     good: list[Consumed] = []
     bad: list[DeadLetter] = []
-    for e in events:
-        m = e.message
+    for m in records:
         try:
             good.append(Consumed(decode(FeedbackEvent, m.value), m.topic, m.partition, m.offset))
         except (ValidationError, ValueError) as exc:
@@ -238,12 +245,11 @@ def decode_feedback(events: Sequence[faust.types.EventT]) -> tuple[list[Consumed
     return good, bad
 
 
-def decode_tags(events: Sequence[faust.types.EventT]) -> tuple[list[TagUpdate], list[DeadLetter]]:
+def decode_tags(records: Sequence[Record]) -> tuple[list[TagUpdate], list[DeadLetter]]:
     """Tag records to updates; a tombstone (no value) deletes the listing's tags."""
     updates: list[TagUpdate] = []
     bad: list[DeadLetter] = []
-    for e in events:
-        m = e.message
+    for m in records:
         try:
             if m.value is None:
                 if not m.key:
@@ -256,9 +262,7 @@ def decode_tags(events: Sequence[faust.types.EventT]) -> tuple[list[TagUpdate], 
     return updates, bad
 
 
-def micro_batches(
-    stream: faust.StreamT, max_: int, within_s: float
-) -> AsyncIterator[Sequence[faust.types.EventT]]:
+def micro_batches(stream: faust.StreamT, max_: int, within_s: float) -> AsyncIterator[Sequence[faust.types.EventT]]:
     """``stream.take`` with the events (offsets) kept; acked only when the caller asks for the next."""
     return cast(faust.Stream, stream).take_events(max_, within=within_s)
 
@@ -293,12 +297,12 @@ def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust
     @app.agent(tags_topic, name="feedback-listing-tags")
     async def listing_tags(stream: faust.StreamT) -> None:
         async for events in micro_batches(stream, config.tags_batch_size, config.within_s):
-            await service.on_tags(events)
+            await service.on_tags([e.message for e in events])
 
     @app.agent(feedback_topic, name="feedback-events")
     async def feedback(stream: faust.StreamT) -> None:
         async for events in micro_batches(stream, config.batch_size, config.within_s):
-            await service.on_feedback(events)
+            await service.on_feedback([e.message for e in events])
 
     app.feedback_service = service  # type: ignore[attr-defined]
     return app

@@ -157,9 +157,7 @@ class Deltas:
 
     def without_zeros(self) -> Deltas:
         """Drop keys whose changes cancel out (a fact moved back and forth)."""
-        return Deltas(
-            *(_nonzero(d) for d in (self.listing, self.listing_hourly, self.user, self.user_hourly))
-        )
+        return Deltas(*(_nonzero(d) for d in (self.listing, self.listing_hourly, self.user, self.user_hourly)))
 
 
 def _nonzero(d: dict[K, list[int]]) -> dict[K, list[int]]:
@@ -251,26 +249,39 @@ def counted_tags(tag_ids: TagIds | None) -> TagIds:
 
 @dataclass
 class FeedbackPlan:
-    """What one feedback micro-batch writes."""
+    """What one feedback micro-batch writes: archive rows, and (derived) their counter deltas."""
 
     archive: list[ArchiveRow]
-    deltas: Deltas
     pending: int
+
+    @property
+    def deltas(self) -> Deltas:
+        return count_rows(self.archive)
 
 
 def plan_feedback(fresh: Sequence[Consumed], listing_tags: Mapping[str, TagIds | None]) -> FeedbackPlan:
-    """Archive rows and counter deltas for events not counted before."""
-    deltas = Deltas()
+    """Archive rows (with the tags each event counts against) for events not counted before."""
     rows: list[ArchiveRow] = []
     pending = 0
     for c in fresh:
         ev = c.event
         tags = attribute(ev, listing_tags.get(ev.listing_id))
-        fact = fact_of(ev)
         pending += tags is None
-        rows.append(ArchiveRow(ev, fact.revenue, tags, c.partition, c.offset))
-        deltas.add(fact, counted_tags(tags))
-    return FeedbackPlan(rows, deltas, pending)
+        rev = revenue_units(ev.price, ev.quantity) if ev.type == FeedbackType.PURCHASE else 0
+        rows.append(ArchiveRow(ev, rev, tags, c.partition, c.offset))
+    return FeedbackPlan(rows, pending)
+
+
+def count_rows(rows: Iterable[ArchiveRow]) -> Deltas:
+    """The counter deltas of archived rows: each counted once against each of its tags.
+
+    The Postgres adapter computes the same with SQL over the rows it just archived
+    (``repository._COUNT_FROM_STAGE``); tests check the two agree.
+    """
+    deltas = Deltas()
+    for r in rows:
+        deltas.add(fact_of(r.event), counted_tags(r.tag_ids))
+    return deltas
 
 
 def plan_reattribution(moved: Iterable[tuple[Fact, TagIds]]) -> Deltas:
@@ -314,7 +325,9 @@ class FeedbackUnitOfWork(Protocol):
         """Current tags of listings (None when unknown); serialises with :meth:`set_listing_tags`."""
         ...
 
-    async def archive(self, rows: Sequence[ArchiveRow]) -> None: ...
+    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> None:
+        """Archive new events and add each to the counters of its tags (see :func:`count_rows`)."""
+        ...
 
     async def add_counts(self, deltas: Deltas) -> None: ...
 
@@ -362,8 +375,7 @@ async def handle_feedback(
     tags = await uow.listing_tags(wanted) if wanted else {}
     plan = plan_feedback(fresh, tags)
     if plan.archive:
-        await uow.archive(plan.archive)
-        await uow.add_counts(plan.deltas)
+        await uow.archive_and_count(plan.archive)
     if offsets is None:
         offsets = max_offsets((c.topic, c.partition, c.offset) for c in batch)
     await uow.save_offsets(group, offsets)

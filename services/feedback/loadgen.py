@@ -37,14 +37,10 @@ _TYPES = [
 
 def tag_event(listing_id: str, tag_ids: Iterable[str], version: str = "v1") -> TagEvent:
     tags = [Tag(tag_id=t, name=t, kind=TagKind.CATEGORY, score=0.9, source=TagSource.MODEL) for t in tag_ids]
-    return TagEvent(
-        listing_id=listing_id, tags=tags, model_name="bench", model_version=version, source_event_id="s"
-    )
+    return TagEvent(listing_id=listing_id, tags=tags, model_name="bench", model_version=version, source_event_id="s")
 
 
-def synthetic_tags(
-    prefix: str, n_listings: int, tags_per_listing: int = 3, n_tags: int = 200
-) -> list[TagEvent]:
+def synthetic_tags(prefix: str, n_listings: int, tags_per_listing: int = 3, n_tags: int = 200) -> list[TagEvent]:
     rng = random.Random(f"{prefix}-tags")
     return [
         tag_event(f"{prefix}-l{i}", {f"t{rng.randrange(n_tags)}" for _ in range(tags_per_listing)})
@@ -72,9 +68,7 @@ def synthetic_feedback(
             user_id=f"{prefix}-u{rng.randrange(n_users)}",
             listing_id=f"{prefix}-l{rng.randrange(n_listings)}",
             type=type_,
-            tag_id=f"t{rng.randrange(200)}"
-            if type_ in (FeedbackType.TAG_ACCEPT, FeedbackType.TAG_REJECT)
-            else None,
+            tag_id=f"t{rng.randrange(200)}" if type_ in (FeedbackType.TAG_ACCEPT, FeedbackType.TAG_REJECT) else None,
             quantity=rng.randint(1, 3),
             price=round(rng.uniform(1, 200), 2) if type_ == FeedbackType.PURCHASE else None,
             ts=start + timedelta(seconds=i * 7200 / max(n, 1)),

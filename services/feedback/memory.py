@@ -21,6 +21,7 @@ from services.feedback.domain import (
     TagIds,
     TagsResult,
     TagUpdate,
+    count_rows,
     counted_tags,
     fact_of,
     handle_feedback,
@@ -49,8 +50,9 @@ class MemoryUnitOfWork:
     async def listing_tags(self, listing_ids: Sequence[str]) -> dict[str, TagIds | None]:
         return {lid: self.state.listing_tags.get(lid, (None, -1, -1))[0] for lid in listing_ids}
 
-    async def archive(self, rows: Sequence[ArchiveRow]) -> None:
+    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> None:
         self.state.archive.extend(rows)
+        self.state.counts.merge(count_rows(rows))
 
     async def add_counts(self, deltas: Deltas) -> None:
         self.state.counts.merge(deltas)

@@ -101,8 +101,49 @@ def _upsert_sql(table: str, keys: Sequence[str], key_types: Sequence[str]) -> by
     ).encode()
 
 
+def _recount_sql(owner: str, hourly: bool, source: str = "feedback_events") -> str:
+    """Counters per (owner, tag[, hour]) of archived rows in ``source`` (a pending event counts once
+    under the pending tag). The one definition of counting in SQL: the batch upserts use it on the rows
+    just archived, the audit on the whole archive; :func:`services.feedback.domain.count_rows` is the
+    same in Python (tests check they agree)."""
+    hour = ", date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" if hourly else ""
+    keys = f"{owner}, tag" + hour
+    return f"""
+        SELECT {keys},
+            count(*), count(*) FILTER (WHERE type = 'impression'), count(*) FILTER (WHERE type = 'click'),
+            count(*) FILTER (WHERE type = 'add_to_cart'), count(*) FILTER (WHERE type = 'purchase'),
+            coalesce(sum(quantity) FILTER (WHERE type = 'purchase'), 0),
+            coalesce(sum(revenue) FILTER (WHERE type = 'purchase'), 0),
+            count(*) FILTER (WHERE type = 'tag_accept'), count(*) FILTER (WHERE type = 'tag_reject')
+        FROM {source}, unnest(coalesce(tag_ids, ARRAY['{PENDING_TAG}'])) AS tag
+        GROUP BY {keys}"""
+
+
+_STAGE_EVENTS = "_stage_feedback_events"
+_ARCHIVE_FROM_STAGE = (
+    f"INSERT INTO feedback_events ({_ARCHIVE_COLUMNS}) SELECT {_ARCHIVE_COLUMNS} FROM {_STAGE_EVENTS}"
+).encode()
+
+
+def _count_from_stage_sql(table: str, keys: Sequence[str]) -> bytes:
+    order = ", ".join(str(i + 1) for i in range(len(keys)))
+    sets = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in COUNTER_FIELDS)
+    select = _recount_sql(keys[0], hourly="hour" in keys, source=_STAGE_EVENTS)
+    return (
+        f"INSERT INTO {table} AS t ({', '.join([*keys, *COUNTER_FIELDS])}) {select} ORDER BY {order}"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}, updated_at = now()"
+    ).encode()
+
+
 _UPSERTS = {attr: _upsert_sql(*spec) for attr, spec in _COUNT_TABLES.items()}
-_STAGE_DDL = ";".join(_stage_ddl(*spec) for spec in _COUNT_TABLES.values()).encode()
+_COUNT_FROM_STAGE = [_count_from_stage_sql(table, keys) for table, keys, _ in _COUNT_TABLES.values()]
+_STAGE_DDL = ";".join(
+    [
+        *(_stage_ddl(*spec) for spec in _COUNT_TABLES.values()),
+        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_EVENTS} (LIKE feedback_events INCLUDING DEFAULTS)"
+        " ON COMMIT DELETE ROWS",
+    ]
+).encode()
 _STAGE_COPY = {
     attr: (
         f"COPY {_stage_name(spec[0])} FROM STDIN (FORMAT BINARY)".encode(),
@@ -192,9 +233,13 @@ class PostgresUnitOfWork:
                 found[lid] = tuple(tags) if tags is not None else None
         return found
 
-    async def archive(self, rows: Sequence[ArchiveRow]) -> None:
+    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> None:
+        """COPY the rows into a staging table; from there into the archive and, aggregated, the counters.
+
+        Counting in SQL keeps the per-key work (about 11 counter rows per event) out of Python.
+        """
         async with self.conn.cursor() as cur:
-            copy_sql = f"COPY feedback_events ({_ARCHIVE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+            copy_sql = f"COPY {_STAGE_EVENTS} ({_ARCHIVE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
             async with cur.copy(copy_sql.encode()) as copy:
                 copy.set_types(_ARCHIVE_TYPES)
                 for r in rows:
@@ -215,6 +260,9 @@ class PostgresUnitOfWork:
                             r.offset,
                         )
                     )
+            await cur.execute(_ARCHIVE_FROM_STAGE)
+            for sql in _COUNT_FROM_STAGE:
+                await cur.execute(sql)
 
     async def add_counts(self, deltas: Deltas) -> None:
         """Binary COPY of the deltas into per-connection staging tables, then one upsert per table."""
@@ -262,8 +310,7 @@ class PostgresUnitOfWork:
 
     async def take_pending(self, tags_by_listing: Mapping[str, TagIds]) -> list[tuple[Fact, TagIds]]:
         cur = await self.conn.execute(
-            b"SELECT DISTINCT listing_id FROM feedback_events"
-            b" WHERE tag_ids IS NULL AND listing_id = ANY(%s::text[])",
+            b"SELECT DISTINCT listing_id FROM feedback_events WHERE tag_ids IS NULL AND listing_id = ANY(%s::text[])",
             (sorted(tags_by_listing),),
         )
         waiting = sorted(r[0] for r in await cur.fetchall())
@@ -302,9 +349,7 @@ class PostgresFeedbackStore:
         First wait after a failed transaction; doubles up to ``max_retry_s``.
     """
 
-    def __init__(
-        self, pool: AsyncConnectionPool, group: str, retry_s: float = 0.2, max_retry_s: float = 5.0
-    ) -> None:
+    def __init__(self, pool: AsyncConnectionPool, group: str, retry_s: float = 0.2, max_retry_s: float = 5.0) -> None:
         self.pool = pool
         self.group = group
         self.retry_s = retry_s
@@ -347,6 +392,19 @@ class PostgresFeedbackStore:
 
         return await self._retrying(work)
 
+    async def stored_offsets(self) -> dict[tuple[str, int], int]:
+        """Last counted offset per (topic, partition) of this store's group."""
+
+        async def work() -> dict[tuple[str, int], int]:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    'SELECT topic, partition, "offset" FROM feedback_offsets WHERE consumer_group = %s',
+                    (self.group,),
+                )
+                return {(t, p): o for t, p, o in await cur.fetchall()}
+
+        return await self._retrying(work)
+
     async def ensure_partitions(self, timestamps: Iterable[datetime]) -> None:
         """Create the archive's day partitions a batch needs (own short transaction)."""
         missing = sorted({ts.astimezone(UTC).date() for ts in timestamps} - self._days)
@@ -385,20 +443,6 @@ class PostgresFeedbackStore:
             self.stats.retries += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_retry_s)
-
-
-def _recount_sql(owner: str, hourly: bool) -> str:
-    hour = ", date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" if hourly else ""
-    keys = f"{owner}, tag" + hour
-    return f"""
-        SELECT {keys},
-            count(*), count(*) FILTER (WHERE type = 'impression'), count(*) FILTER (WHERE type = 'click'),
-            count(*) FILTER (WHERE type = 'add_to_cart'), count(*) FILTER (WHERE type = 'purchase'),
-            coalesce(sum(quantity) FILTER (WHERE type = 'purchase'), 0),
-            coalesce(sum(revenue) FILTER (WHERE type = 'purchase'), 0),
-            count(*) FILTER (WHERE type = 'tag_accept'), count(*) FILTER (WHERE type = 'tag_reject')
-        FROM feedback_events, unnest(coalesce(tag_ids, ARRAY['{PENDING_TAG}'])) AS tag
-        GROUP BY {keys}"""
 
 
 def recount_mismatches(url: str) -> dict[str, int]:
