@@ -90,7 +90,9 @@ async def call_with_retry(
         try:
             result = await call()
         except Exception as exc:
-            if not is_retryable(exc):
+            # "Invalid request" only counts while the model is ready: a Triton that is unloading
+            # its models on shutdown answers NOT_FOUND, and that must be waited out too.
+            if not is_retryable(exc) and await _safe(ready):
                 raise
             breaker.record_failure()
             log.warning("retryable inference failure (attempt %d): %s", attempt + 1, exc)

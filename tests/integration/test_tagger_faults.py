@@ -287,14 +287,14 @@ def test_kill_9_mid_stream_then_restart_tags_every_listing(
     stack_settings: Settings, data_dir: Path, tagger_dir: Path
 ) -> None:
     s = stack_settings
-    listings = real_listings(data_dir, 1200)
+    listings = real_listings(data_dir, 400)
     produce_listings(s, listings)
     group = f"tagger-kill9-{uuid.uuid4().hex[:6]}"
     tagger = TaggerProcess("tagger-kill9", s, tagger_dir, group)
     tail = TopicTail(s, s.topics.tags)
     try:
         tagger.start()
-        tail.wait(lambda ms: len(ms) >= 300, 180, "300 tags before the kill")
+        tail.wait(lambda ms: len(ms) >= 100, 300, "100 tags before the kill")
         tagger.kill()  # SIGKILL: no drain, no final commit
         assert not tagger.running()
         before = len(tail.poll(1.0))
@@ -302,7 +302,7 @@ def test_kill_9_mid_stream_then_restart_tags_every_listing(
 
         tagger.start()
         ids = {lst.listing_id for lst in listings}
-        tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 240, "a tag for every listing")
+        tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 480, "a tag for every listing")
         wait_committed(s, group, end_offsets(s, s.topics.listings, s.topics.partitions), 30)
         events = tag_events(tail.settle(3.0))
         assert tagger.stop(timeout_s=30)
@@ -332,15 +332,15 @@ def test_triton_down_30s_under_load_loses_nothing(
     triton = OwnTriton(tagger_dir)
     triton.start()
     s = with_triton(settings, triton.endpoints)
-    listings = real_listings(data_dir, 1200)
+    listings = real_listings(data_dir, 300)
     group = f"tagger-triton-{uuid.uuid4().hex[:6]}"
     tagger = TaggerProcess("tagger-triton", s, tagger_dir, group)
     tail = TopicTail(s, s.topics.tags)
     errors: list[BaseException] = []
 
-    def produce() -> None:  # steady load for the whole outage: 1200 listings over ~60 s
+    def produce() -> None:  # steady load for the whole outage: 300 listings over ~60 s
         try:
-            produce_listings(s, listings, rate_per_s=20)
+            produce_listings(s, listings, rate_per_s=5)
         except BaseException as exc:
             errors.append(exc)
 
@@ -350,7 +350,7 @@ def test_triton_down_30s_under_load_loses_nothing(
         tagger.wait_ready(120)
         pid = tagger.pid()
         producer.start()
-        tail.wait(lambda ms: len(ms) >= 50, 120, "tags flowing before the outage")
+        tail.wait(lambda ms: len(ms) >= 20, 120, "tags flowing before the outage")
 
         triton.stop()
         down_at = time.monotonic()
@@ -364,7 +364,7 @@ def test_triton_down_30s_under_load_loses_nothing(
         ids = {lst.listing_id for lst in listings}
         producer.join(120)
         assert not errors, errors
-        tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 240, "a tag for every listing")
+        tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 420, "a tag for every listing")
         wait_committed(s, group, end_offsets(s, s.topics.listings, s.topics.partitions), 60)
         recovered_s = time.monotonic() - up_at
         events = tag_events(tail.settle(2.0))
@@ -424,6 +424,7 @@ def _json(key: str, body: dict[str, object], what: str) -> tuple[bytes | None, b
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_1000_malformed_mixed_with_1000_good(stack_settings: Settings, data_dir: Path, tagger_dir: Path) -> None:
     s = stack_settings
     listings = real_listings(data_dir, 1000, offset=1200)
@@ -443,7 +444,7 @@ def test_1000_malformed_mixed_with_1000_good(stack_settings: Settings, data_dir:
         tagger.start()
         tagger.wait_ready(120)
         pid = tagger.pid()
-        tags.wait(lambda ms: len(ms) >= 1000, 240, "1000 tags")
+        tags.wait(lambda ms: len(ms) >= 1000, 840, "1000 tags")
         dead.wait(lambda ms: len(ms) >= 1000, 60, "1000 dead letters")
         events, letters_raw = tag_events(tags.settle(2.0)), dead.settle(1.0)
         assert tagger.running() and tagger.pid() == pid, "the tagger restarted"

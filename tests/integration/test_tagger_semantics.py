@@ -48,11 +48,12 @@ def _produced(tagger: TaggerProcess) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
     stack_settings: Settings, data_dir: Path, tmp_path: Path
 ) -> None:
     s = stack_settings
-    listings = real_listings(data_dir, 1200, offset=2400)
+    listings = real_listings(data_dir, 400, offset=2400)
     group = f"tagger-scale-{uuid.uuid4().hex[:6]}"
     a = TaggerProcess("tagger-a", s, tmp_path, group)
     b = TaggerProcess("tagger-b", s, tmp_path, group)
@@ -61,7 +62,7 @@ def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
 
     def produce() -> None:  # a steady stream while members come and go
         try:
-            produce_listings(s, listings, rate_per_s=25)
+            produce_listings(s, listings, rate_per_s=8)
         except BaseException as exc:
             errors.append(exc)
 
@@ -70,12 +71,12 @@ def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
         a.start()
         a.wait_ready(120)
         producer.start()
-        tail.wait(lambda ms: len(ms) >= 100, 120, "tags from the first tagger")
+        tail.wait(lambda ms: len(ms) >= 30, 180, "tags from the first tagger")
 
         b.start()  # joins: partitions move from a to b (a drains and commits them first)
         b.wait_ready(120)
-        deadline = time.monotonic() + 90
-        while _produced(b) < 50:
+        deadline = time.monotonic() + 180
+        while _produced(b) < 20:
             assert time.monotonic() < deadline, f"the second tagger got no work:\n{b.log_tail()}"
             time.sleep(0.5)
         b_share = _produced(b)
@@ -86,7 +87,7 @@ def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
         assert not errors, errors
         before_rejoin = len(tail.poll(0.2))
         b.start()  # and joins again, mid-stream if the stream is not through yet
-        tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 240, "a tag for every listing")
+        tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 420, "a tag for every listing")
         wait_committed(s, group, end_offsets(s, s.topics.listings, s.topics.partitions), 60)
         events = tag_events(tail.settle(4.0))
         assert a.running(), f"the first tagger died:\n{a.log_tail()}"
