@@ -1,20 +1,21 @@
 """``tagloop bench feedback --json``: feedback events/s counted into Postgres, exactly once.
 
-What is measured, in one run, on the same synthetic events:
+Measured in one run, on the same synthetic events:
 
-* ``end_to_end``: the real worker (``python -m services.feedback.main``, faust) reads a
-  pre-filled ``feedback`` topic from a private tansu broker and counts into a fresh
-  database. Rate = events counted between the first and the last committed batch,
-  divided by that time (worker start-up and group join excluded; both reported).
-  "Counted" is read from the offsets the worker stores in the same transaction as
-  its counts, so the rate is of exactly-once, committed work.
-* ``stages`` (single process, no Kafka): pydantic decode of the raw bytes, the pure
-  per-batch aggregation, and the Postgres unit of work alone (claim ids, COPY
-  archive, counter upserts, offsets) - where the time goes per event.
-* The worker's own split of its busy time (decode / Postgres / rest = faust and
-  aiokafka: fetching, buffering, acking).
-
-Finally the counts are checked against a recount from the archive.
+* ``end_to_end.<engine>``: the real worker (``python -m services.feedback.main --engine
+  faust|batch``) on a private tansu broker and a fresh database: listings' tags first,
+  then a backlog of feedback. Rate = events counted between the first and the last
+  committed batch / that time (start-up, group join and tags excluded, reported).
+  "Counted" is read from the offsets the worker stores in the same transaction as its
+  counts, so it is committed, exactly-once work; each run ends with a recount from the
+  archive (``exactly_once_verified``).
+* ``cpu_us_per_event``: CPU of the worker process and of its Postgres backends during
+  the feedback phase (from ``/proc``), which, unlike wall time, does not depend on what
+  else runs on the machine; ``idle_cores_estimate_events_per_s`` follows from it.
+* ``worker_busy_split``: the worker's own split of its busy time (decode / Postgres /
+  the rest = Kafka client, faust stream machinery, acks).
+* ``stages`` (one process, no Kafka): pydantic decode, dedup + attribution, what
+  counting in Python would cost, and the Postgres unit of work alone.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.feedback.domain import Consumed, dedup, plan_feedback
+import psycopg
+
+from services.feedback.domain import Consumed, count_rows, dedup, plan_feedback
 from services.feedback.loadgen import (
     OffsetRecorder,
     start_worker,
@@ -61,34 +64,72 @@ def _stage_bench(url: str, raw: Sequence[bytes], tags: dict[str, tuple[str, ...]
     batches = [consumed[i : i + batch_size] for i in range(0, len(consumed), batch_size)]
 
     t0 = time.perf_counter()
-    for b in batches:
-        plan_feedback(dedup(b), tags)
-    aggregate_s = time.perf_counter() - t0
+    plans = [plan_feedback(dedup(b), tags) for b in batches]
+    plan_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for p in plans:
+        count_rows(p.archive)
+    python_count_s = time.perf_counter() - t0
 
-    async def pg() -> float:
-        pool = async_pool(url, max_size=1)
+    async def pg() -> tuple[float, float, float]:
+        pool = async_pool(url, min_size=1, max_size=1)
         await pool.open()
         try:
             store = PostgresFeedbackStore(pool, "bench-stages")
-            await store.record_tags([], "bench")  # warm the pool
-            t = time.perf_counter()
+            await store.record_tags([], "bench")  # warm the pool (and create the staging tables)
+            async with pool.connection() as conn:
+                row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+            backend = row[0] if row else 0
+            t, py, be = time.perf_counter(), time.process_time(), _cpu_s(backend)
             for b in batches:
                 await store.record_feedback(b)
-            return time.perf_counter() - t
+            return time.perf_counter() - t, time.process_time() - py, _cpu_s(backend) - be
         finally:
             await pool.close()
 
-    uow_s = asyncio.run(pg())
+    uow_s, uow_py_cpu, uow_pg_cpu = asyncio.run(pg())
     n = len(raw)
     return {
         "events": n,
         "decode_us_per_event": round(decode_s / n * 1e6, 2),
-        "aggregate_us_per_event": round(aggregate_s / n * 1e6, 2),
+        "dedup_and_attribution_us_per_event": round(plan_s / n * 1e6, 2),
+        "python_counting_us_per_event_not_used_by_postgres_path": round(python_count_s / n * 1e6, 2),
         "postgres_uow_us_per_event": round(uow_s / n * 1e6, 2),
+        "postgres_uow_cpu_us_per_event": {
+            "python": round(uow_py_cpu / n * 1e6, 2),
+            "postgres_backend": round(uow_pg_cpu / n * 1e6, 2),
+        },
         "postgres_uow_events_per_s": _rate(n, uow_s),
-        "postgres_uow_includes": "dedup + aggregate + claim ids + COPY archive + 4 counter upserts + offsets",
+        "postgres_uow_includes": "dedup, attribution, claim ids, COPY to staging, archive insert,"
+        " 4 counting upserts (SQL aggregation), offsets",
         "decode_plus_uow_events_per_s": _rate(n, decode_s + uow_s),
     }
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a local process (0 if it is gone or not readable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _backend_pids(url: str) -> list[int]:
+    """Postgres backends serving the worker (same database, not this connection)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _cpu_snapshot(worker_pid: int | None, url: str) -> dict[int, float]:
+    pids = [*([worker_pid] if worker_pid else []), *_backend_pids(url)]
+    return {pid: _cpu_s(pid) for pid in pids}
 
 
 def _end_to_end(
@@ -148,6 +189,7 @@ def _end_to_end(
         if not wait_caught_up(url, group, rec.flush(120), timeout_s, worker=worker):
             raise RuntimeError("worker did not store the listings' tags in time")
         startup_s = time.monotonic() - t_start
+        cpu_before = _cpu_snapshot(worker.pid(), url)
         t0 = time.perf_counter()
         for key, value in keyed:
             rec.send(topics.feedback, key, value)
@@ -171,6 +213,10 @@ def _end_to_end(
                 break
             time.sleep(0.05)
         t_done = time.monotonic()
+        cpu_after = _cpu_snapshot(worker.pid(), url)
+        worker_pid = worker.pid()
+        worker_cpu = cpu_after.get(worker_pid or -1, 0.0) - cpu_before.get(worker_pid or -1, 0.0)
+        pg_cpu = sum(v - cpu_before.get(pid, 0.0) for pid, v in cpu_after.items() if pid != worker_pid)
         worker_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
         worker.stop()
         worker = None
@@ -186,8 +232,15 @@ def _end_to_end(
             "dead_letter_s": round(worker_stats.get("dead_letter_s", 0.0), 3),
         }
         split["kafka_client_and_other_s"] = round(busy - sum(split.values()), 3)
+        n_fb = len(keyed)
+        worker_us, pg_us = worker_cpu / n_fb * 1e6, pg_cpu / n_fb * 1e6
         return {
             "events_per_s": _rate(steady_n, steady_s),
+            # Load-independent: CPU per event of the worker process and of its Postgres backends during
+            # the feedback phase. The worker waits for each transaction, so on idle cores the rate is
+            # about 1 / (worker + postgres) per event.
+            "cpu_us_per_event": {"worker": round(worker_us, 1), "postgres_backends": round(pg_us, 1)},
+            "idle_cores_estimate_events_per_s": _rate(1, (worker_us + pg_us) / 1e6),
             "counted_events_measured": steady_n,
             "seconds": round(steady_s, 3),
             "exactly_once_verified": set(mismatches.values()) == {0},

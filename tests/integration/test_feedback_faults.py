@@ -95,7 +95,8 @@ def wait_for(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-unty
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str, workers) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("engine", ["faust", "batch"])
+def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str, workers, engine: str) -> None:  # type: ignore[no-untyped-def]
     url = database_url
     apply_migrations(url, MIGRATIONS)
     group = f"feedback-{ns}"
@@ -103,7 +104,7 @@ def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str
     tags = synthetic_tags(ns, 300)
     events = list(synthetic_feedback(ns, 12_000, n_users=500, n_listings=300))
 
-    first = start_worker(settings, group, f"fb-{ns}-1", "--batch-size", "300")
+    first = start_worker(settings, group, f"fb-{ns}-1", "--batch-size", "300", "--engine", engine)
     workers.append(first)
     rec = OffsetRecorder(settings.kafka)
     produce_tags(rec, topics.tags, tags)
@@ -121,7 +122,7 @@ def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str
     produce_feedback(rec, topics.feedback, events[8000:])
     produce_feedback(rec, topics.feedback, events[7000:9000])  # redelivered across the kill
     targets = rec.flush()
-    second = start_worker(settings, group, f"fb-{ns}-2", "--batch-size", "1000")
+    second = start_worker(settings, group, f"fb-{ns}-2", "--batch-size", "1000", "--engine", engine)
     workers.append(second)
     assert wait_caught_up(url, group, targets, 120, worker=second)
 
@@ -141,7 +142,8 @@ def _fast_shutdown(state_dir: Path, name: str) -> None:
     proc.stop()  # reaps and removes the pid file
 
 
-def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: str, workers) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("engine", ["faust", "batch"])
+def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: str, workers, engine: str) -> None:  # type: ignore[no-untyped-def]
     pg_name = f"pg-feedback-{ns}"
     url = start_embedded_postgres(state_dir, name=pg_name)
     port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
@@ -152,7 +154,7 @@ def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: st
         topics = cfg.topics
         tags = synthetic_tags(ns, 200)
         events = list(synthetic_feedback(ns, 9000, n_users=400, n_listings=200, start=datetime(2026, 5, 1, tzinfo=UTC)))
-        worker = start_worker(cfg, group, f"fb-{ns}", "--batch-size", "300")
+        worker = start_worker(cfg, group, f"fb-{ns}", "--batch-size", "300", "--engine", engine)
         workers.append(worker)
         rec = OffsetRecorder(cfg.kafka)
         produce_tags(rec, topics.tags, tags)

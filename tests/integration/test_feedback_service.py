@@ -50,9 +50,7 @@ def ns() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def fb(
-    ns: str, eid: str, listing: str, type_: str = "click", user: str = "u1", **kw: object
-) -> FeedbackEvent:
+def fb(ns: str, eid: str, listing: str, type_: str = "click", user: str = "u1", **kw: object) -> FeedbackEvent:
     return FeedbackEvent(
         event_id=f"{ns}-{eid}",
         user_id=f"{ns}-{user}",
@@ -187,7 +185,10 @@ def run_worker(settings: Settings, worker_group: str) -> Iterator[list[ManagedPr
         p.stop(timeout_s=10)
 
 
-def test_worker_end_to_end(settings: Settings, migrated: str, ns: str, worker_group: str, run_worker) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("engine", ["faust", "batch"])
+def test_worker_end_to_end(
+    settings: Settings, migrated: str, ns: str, worker_group: str, run_worker, engine: str
+) -> None:  # type: ignore[no-untyped-def]
     url = migrated
     rec = OffsetRecorder(settings.kafka)
     topics = settings.topics
@@ -202,14 +203,13 @@ def test_worker_end_to_end(settings: Settings, migrated: str, ns: str, worker_gr
     rec.send(topics.tags, b"broken-listing", b"[]")
     targets = rec.flush()
 
-    worker = start_worker(settings, worker_group, f"fb-{ns}", "--batch-size", "500")
+    worker = start_worker(settings, worker_group, f"fb-{ns}", "--batch-size", "500", "--engine", engine)
     run_worker.append(worker)
     assert wait_caught_up(url, worker_group, targets, timeout_s=90, worker=worker), "worker did not catch up"
 
     with psycopg.connect(url) as conn:
         archived, pending = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE tag_ids IS NULL) FROM feedback_events"
-            " WHERE event_id LIKE %s",
+            "SELECT count(*), count(*) FILTER (WHERE tag_ids IS NULL) FROM feedback_events WHERE event_id LIKE %s",
             (f"{ns}-%",),
         ).fetchone()  # type: ignore[misc]
         assert archived == 3000  # duplicates archived (and counted) once
@@ -229,8 +229,7 @@ def test_worker_end_to_end(settings: Settings, migrated: str, ns: str, worker_gr
             "SELECT count(*) FROM feedback_events WHERE event_id LIKE %s AND tag_ids IS NULL", (f"{ns}-%",)
         ).fetchone()
         moved = conn.execute(
-            "SELECT sum(events) FROM feedback_listing_tag_counts"
-            " WHERE listing_id LIKE %s AND tag_id = 'late'",
+            "SELECT sum(events) FROM feedback_listing_tag_counts WHERE listing_id LIKE %s AND tag_id = 'late'",
             (f"{ns}-%",),
         ).fetchone()
     assert left == (0,)
