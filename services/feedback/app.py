@@ -27,7 +27,7 @@ from typing import Any, Protocol, cast
 import faust
 import orjson
 from confluent_kafka import Producer
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from pydantic import ValidationError
 
 from services.feedback.domain import Consumed, TagUpdate, max_offsets
@@ -76,6 +76,7 @@ class FeedbackConfig:
     pool_size: int = 2
     web: bool = False
     stats_file: str | None = None  # where to write :class:`Timings` as JSON (benchmark)
+    metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:<port>
 
 
 class Metrics:
@@ -129,6 +130,8 @@ class FeedbackService:
         self.settings = settings
         self.config = config
         self.metrics = Metrics()
+        if config.metrics_port:
+            start_http_server(config.metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
         self.timings = Timings()
         self._store: PostgresFeedbackStore | None = None
         self._producer: Producer | None = None

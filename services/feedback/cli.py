@@ -50,13 +50,18 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option(help="Max events per micro-batch/transaction.")] = 5000,
     within: Annotated[float, typer.Option(help="Max seconds to fill a micro-batch.")] = 0.5,
     web: Annotated[bool, typer.Option(help="Run faust's web server on a free loopback port.")] = False,
+    engine: Annotated[str, typer.Option(help="faust (the faust app) or batch (aiokafka batches, faster).")] = "faust",
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
 ) -> None:
     """Run the feedback worker until SIGTERM/SIGINT."""
     from services.feedback.app import FeedbackConfig
     from services.feedback.main import run_worker
     from shared.settings import Settings
 
-    run_worker(Settings(), FeedbackConfig(group=group, batch_size=batch_size, within_s=within, web=web))
+    if engine not in ("faust", "batch"):
+        raise typer.BadParameter("engine must be faust or batch")
+    config = FeedbackConfig(group=group, batch_size=batch_size, within_s=within, web=web, metrics_port=metrics_port)
+    run_worker(Settings(), config, engine=engine)
 
 
 def migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--web", action="store_true", help="run faust's web server on a free port")
     parser.add_argument("--loglevel", default="info")
     parser.add_argument("--engine", choices=["faust", "batch"], default="faust")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on 127.0.0.1:PORT")
     parser.add_argument("--stats-file", default=None, help="write stage timings here as JSON (benchmark)")
     args = parser.parse_args(argv)
     config = FeedbackConfig(
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         within_s=args.within,
         web=args.web,
         stats_file=args.stats_file,
+        metrics_port=args.metrics_port,
     )
     run_worker(Settings(), config, args.loglevel, args.engine)
 
