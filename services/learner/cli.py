@@ -83,7 +83,9 @@ def openapi_cmd(
 
 def eval_affinity_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    model: Annotated[str, typer.Option(help="lr or fm.")] = "lr",
+    model: Annotated[str | None, typer.Option(help="lr, lr-river or fm (default: the configured one).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Default: the configured one.")] = None,
+    adagrad: Annotated[bool | None, typer.Option(help="Default: the configured one.")] = None,
     granularity: Annotated[str, typer.Option(help="leaf (most specific tags) or all (with ancestors).")] = "leaf",
     impressions: Annotated[int, typer.Option(help="Sampled impressions per purchase line.")] = 2,
     train_fraction: Annotated[float, typer.Option(help="Share of the time span streamed as training.")] = 0.8,
@@ -91,18 +93,24 @@ def eval_affinity_cmd(
 ) -> None:
     """Recall@10 / NDCG@10 of the learner vs popularity and per-user frequency on Online Retail."""
     from services.learner.evaluate import evaluate_affinity, zero_shot_tag_fn
+    from services.learner.settings import LearnerSettings
     from shared.settings import Settings
 
     settings = Settings()
+    ls = LearnerSettings()
     root = (data_dir or settings.data_dir).resolve()
     tag_fn = zero_shot_tag_fn(root, cache_dir=settings.state_dir / "cache" / "learner")
     result = evaluate_affinity(
         root / "online-retail" / "online_retail.csv.gz",
         tag_fn,
-        kind=model,  # type: ignore[arg-type]
-        granularity=granularity,
-        impressions_per_purchase=impressions,  # type: ignore[arg-type]
+        kind=(model or ls.model),  # type: ignore[arg-type]
+        granularity=granularity,  # type: ignore[arg-type]
+        impressions_per_purchase=impressions,
         train_fraction=train_fraction,
+        model_params={
+            "learning_rate": ls.learning_rate if learning_rate is None else learning_rate,
+            "adagrad": ls.adagrad if adagrad is None else adagrad,
+        },
     )
     _print(result, as_json)
 

@@ -32,7 +32,7 @@ SERVICE = "learner"
 
 def new_model(ls: LearnerSettings) -> AffinityModel:
     return AffinityModel(
-        classifier=UserTagClassifier(kind=ls.model, learning_rate=ls.learning_rate),
+        classifier=UserTagClassifier(kind=ls.model, learning_rate=ls.learning_rate, adagrad=ls.adagrad),
         impression_window_s=ls.impression_window_s,
         dedup_window=ls.dedup_window,
     )

@@ -76,6 +76,9 @@ class HashedLogisticRegression(base.Classifier):
         SGD step of the intercept.
     clip
         Bound on the absolute gradient of one sample.
+    adagrad
+        Per-weight step sizes ``learning_rate / sqrt(sum of squared gradients)``: rare
+        features (one user's cross with one tag) still move fast, frequent ones settle.
     seed
         Start value of the hash (different seeds, different collisions).
     """
@@ -87,6 +90,7 @@ class HashedLogisticRegression(base.Classifier):
         l2: float = 0.0,
         intercept_lr: float = 0.005,
         clip: float = 1e3,
+        adagrad: bool = False,
         seed: int = 42,
     ):
         self.n_features = n_features
@@ -94,8 +98,10 @@ class HashedLogisticRegression(base.Classifier):
         self.l2 = l2
         self.intercept_lr = intercept_lr
         self.clip = clip
+        self.adagrad = adagrad
         self.seed = seed
         self.weights: dict[int, float] = {}
+        self.sq_grads: dict[int, float] = {}
         self.intercept = 0.0
 
     @classmethod
@@ -119,7 +125,13 @@ class HashedLogisticRegression(base.Classifier):
         weights, lr, l2 = self.weights, self.learning_rate, self.l2
         for i, v in indexed:
             old = weights.get(i, 0.0)
-            weights[i] = old - lr * (g * v + l2 * old)
+            grad = g * v + l2 * old
+            if self.adagrad:
+                acc = self.sq_grads.get(i, 0.0) + grad * grad
+                self.sq_grads[i] = acc
+                weights[i] = old - lr * grad / math.sqrt(acc + 1e-8)
+            else:
+                weights[i] = old - lr * grad
         self.intercept -= self.intercept_lr * g
 
     def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
@@ -163,9 +175,11 @@ class UserTagClassifier(base.Classifier):
         l2: float = 0.0,
         n_factors: int = 8,
         n_hash_features: int = 2**22,
+        adagrad: bool = False,
         seed: int = 42,
     ):
         self.kind = kind
+        self.adagrad = adagrad
         self.learning_rate = learning_rate
         self.l2 = l2
         self.n_factors = n_factors
@@ -183,13 +197,18 @@ class UserTagClassifier(base.Classifier):
                 learning_rate=self.learning_rate,
                 l2=self.l2,
                 intercept_lr=self.learning_rate / 10,
+                adagrad=self.adagrad,
                 seed=self.seed,
             )
         if self.kind == "fm":
+
+            def optimizer() -> optim.base.Optimizer:
+                return optim.AdaGrad(self.learning_rate) if self.adagrad else optim.SGD(self.learning_rate)
+
             return facto.FMClassifier(
                 n_factors=self.n_factors,
-                weight_optimizer=optim.SGD(self.learning_rate),
-                latent_optimizer=optim.SGD(self.learning_rate),
+                weight_optimizer=optimizer(),
+                latent_optimizer=optimizer(),
                 l2_weight=self.l2,
                 l2_latent=self.l2,
                 intercept_lr=self.learning_rate / 10,

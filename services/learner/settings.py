@@ -20,8 +20,11 @@ class LearnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TAGLOOP_LEARNER_", extra="ignore", populate_by_name=True)
 
     name: str = "default"  # checkpoints and the consumer group are per learner name
-    model: Literal["lr", "fm"] = "lr"
-    learning_rate: float = 0.05
+    model: Literal["lr", "lr-river", "fm"] = "lr"
+    # Chosen by `tagloop eval affinity` (docs/results/learner.md): AdaGrad lets one user's rare
+    # user×tag crosses move fast while popular tags settle.
+    learning_rate: float = 0.5
+    adagrad: bool = True
     # A checkpoint pickles the whole model: at ~10k events/s, every 50k events (or 10 s) is plenty.
     checkpoint_every: int = 50_000  # events between checkpoints ...
     checkpoint_interval_s: float = 10.0  # ... or seconds, whichever comes first

@@ -13,6 +13,8 @@ from services.learner.model import AffinityModel, UserTagClassifier
 from shared.events import FeedbackEvent, FeedbackType
 
 KINDS = ["lr", "lr-river", "fm"]
+# AdaGrad variants: the configured default (see LearnerSettings).
+CLASSIFIERS = [{"kind": k} for k in KINDS] + [{"kind": "lr", "adagrad": True}, {"kind": "fm", "adagrad": True}]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
