@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -29,8 +30,8 @@ def _event(i: int, user: str, listing: str, kind: FeedbackType, minutes: float =
     )
 
 
-def _trained(kind: str) -> UserTagClassifier:
-    clf = UserTagClassifier(kind=kind, seed=1)  # type: ignore[arg-type]
+def _trained(params: dict[str, Any]) -> UserTagClassifier:
+    clf = UserTagClassifier(seed=1, **params)
     for _ in range(30):
         clf.learn_one({"user": "alice", "tag": "shoes"}, True, w=2.0)
         clf.learn_one({"user": "alice", "tag": "pots"}, False)
@@ -39,18 +40,18 @@ def _trained(kind: str) -> UserTagClassifier:
     return clf
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_learns_user_specific_preferences(kind: str) -> None:
-    clf = _trained(kind)
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_learns_user_specific_preferences(params: dict[str, Any]) -> None:
+    clf = _trained(params)
     p = lambda u, t: clf.predict_proba_one({"user": u, "tag": t})[True]  # noqa: E731
     assert p("alice", "shoes") > p("alice", "pots")
     assert p("bob", "pots") > p("bob", "shoes")
     assert abs(sum(clf.predict_proba_one({"user": "alice", "tag": "shoes"}).values()) - 1.0) < 1e-9
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_predict_does_not_mutate_model_even_for_unseen_features(kind: str) -> None:
-    clf = _trained(kind)
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_predict_does_not_mutate_model_even_for_unseen_features(params: dict[str, Any]) -> None:
+    clf = _trained(params)
     before = pickle.dumps(clf)
     for x in (
         {"user": "alice", "tag": "shoes"},
@@ -62,9 +63,9 @@ def test_predict_does_not_mutate_model_even_for_unseen_features(kind: str) -> No
     assert pickle.dumps(clf) == before
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_inputs_not_mutated(kind: str) -> None:
-    clf = UserTagClassifier(kind=kind)  # type: ignore[arg-type]
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_inputs_not_mutated(params: dict[str, Any]) -> None:
+    clf = UserTagClassifier(**params)
     x = {"user": "u", "tag": "t"}
     original = dict(x)
     clf.learn_one(x, True)
@@ -72,9 +73,9 @@ def test_inputs_not_mutated(kind: str) -> None:
     assert x == original
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_pickle_round_trip_predicts_identically_and_keeps_learning(kind: str) -> None:
-    clf = _trained(kind)
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_pickle_round_trip_predicts_identically_and_keeps_learning(params: dict[str, Any]) -> None:
+    clf = _trained(params)
     restored = pickle.loads(pickle.dumps(clf))
     x = {"user": "alice", "tag": "shoes"}
     assert restored.predict_proba_one(x) == clf.predict_proba_one(x)
@@ -83,17 +84,17 @@ def test_pickle_round_trip_predicts_identically_and_keeps_learning(kind: str) ->
     assert restored.predict_proba_one(x) == pytest.approx(clf.predict_proba_one(x))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_clone_is_fresh_with_same_params(kind: str) -> None:
-    clf = _trained(kind)
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_clone_is_fresh_with_same_params(params: dict[str, Any]) -> None:
+    clf = _trained(params)
     fresh = clf.clone()
-    assert fresh.kind == kind and not fresh.users
+    assert fresh.kind == params["kind"] and not fresh.users
     assert fresh.predict_proba_one({"user": "alice", "tag": "shoes"})[True] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_unseen_user_gets_tag_prior(kind: str) -> None:
-    clf = _trained(kind)
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_unseen_user_gets_tag_prior(params: dict[str, Any]) -> None:
+    clf = _trained(params)
     for _ in range(50):
         clf.learn_one({"user": "x", "tag": "shoes"}, True)
     stranger = clf.predict_proba_one({"user": "stranger", "tag": "shoes"})[True]
@@ -213,9 +214,9 @@ def test_repeated_impressions_of_a_pair_are_each_a_negative() -> None:
     assert m.counters.negatives == 2
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_proba_many_matches_predict_proba_one(kind: str) -> None:
-    clf = _trained(kind)
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_proba_many_matches_predict_proba_one(params: dict[str, Any]) -> None:
+    clf = _trained(params)
     pairs = [("alice", "shoes"), ("bob", "shoes"), ("carol", "pots"), ("alice", "unseen"), ("x", "y")]
     users, tags = zip(*pairs, strict=True)
     expected = [clf.predict_proba_one({"user": u, "tag": t})[True] for u, t in pairs]
