@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import pickle
-from typing import Any
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
