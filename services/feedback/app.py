@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "feedback"
 DEFAULT_GROUP = "tagloop-feedback"
+APPLICATION_NAME = "tagloop-feedback"  # how the worker's sessions show in pg_stat_activity
 
 
 class Record(Protocol):
@@ -141,7 +142,12 @@ class FeedbackService:
         # Opened lazily inside faust's loop: the pool must belong to the running loop.
         async with self._lock:
             if self._store is None:
-                pool = async_pool(self.settings, max_size=self.config.pool_size, name="feedback")
+                pool = async_pool(
+                    self.settings,
+                    max_size=self.config.pool_size,
+                    name="feedback",
+                    kwargs={"application_name": APPLICATION_NAME},
+                )
                 await pool.open(wait=False)
                 self._store = PostgresFeedbackStore(pool, self.config.group)
             return self._store

@@ -89,11 +89,15 @@ def bench_cmd(
     events: Annotated[int, typer.Option(help="Feedback events through the real worker.")] = 100_000,
     batch_size: Annotated[int, typer.Option(help="Worker micro-batch size.")] = 10_000,
     stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 50_000,
+    engines: Annotated[str, typer.Option(help="Comma-separated engines to run end to end.")] = "batch,faust",
 ) -> None:
     """Feedback events/s counted into Postgres exactly once (private broker, fresh database)."""
     from bench.feedback import run
 
-    _print(run(n_events=events, batch_size=batch_size, stage_events=stage_events), as_json)
+    chosen = [e.strip() for e in engines.split(",") if e.strip()]
+    if not chosen or set(chosen) - {"batch", "faust"}:
+        raise typer.BadParameter("engines: batch and/or faust")
+    _print(run(n_events=events, batch_size=batch_size, stage_events=stage_events, engines=chosen), as_json)
 
 
 def db_migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
