@@ -241,8 +241,8 @@ class TaggerPipeline:
         else:
             self.metrics.produced.labels(kind).inc()
 
-    def _commit_delivered(self, asynchronous: bool = True) -> list[TopicPartition]:
-        """Commit the offsets of leading batches whose every record was delivered."""
+    def _commit_delivered(self, asynchronous: bool = True, commit: bool = True) -> list[TopicPartition]:
+        """Commit (unless ``commit=False``) the offsets of leading batches whose every record was delivered."""
         assert self.consumer is not None
         offsets: dict[tuple[str, int], int] = {}
         now = time.time()
@@ -256,17 +256,17 @@ class TaggerPipeline:
             offsets.update(batch.offsets)
         self.metrics.inflight.set(len(self.inflight))
         owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
-        if owned and not self.options.transactional:
+        if owned and commit and not self.options.transactional:
             self.consumer.commit(offsets=owned, asynchronous=asynchronous)
         return owned
 
-    async def _drain(self) -> None:
+    async def _drain(self, commit: bool = True) -> list[TopicPartition]:
         """Finish, publish and deliver everything in flight (before a revoke or at shutdown)."""
         assert self.producer is not None
         await self._publish_finished(block=True)
         while any(b.pending for b in self.inflight):
             self.producer.flush(1.0)
-        self._commit_delivered(asynchronous=False)
+        return self._commit_delivered(asynchronous=False, commit=commit)
 
     # -- backpressure, rebalance, shutdown ------------------------------------------
 
@@ -295,8 +295,12 @@ class TaggerPipeline:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Runs inside consume() on the worker thread while the event loop is free:
         # finish the work for these partitions there, then commit before letting go.
+        # The commit is made here, on this thread: a synchronous commit from the loop
+        # thread while this one sits in the rebalance callback deadlocks librdkafka.
         if self._loop is not None and self.inflight and not self._closing:
-            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
+            owned = asyncio.run_coroutine_threadsafe(self._drain(commit=False), self._loop).result()
+            if owned and not self.options.transactional:
+                consumer.commit(offsets=owned, asynchronous=False)
         self.assigned -= {(tp.topic, tp.partition) for tp in partitions}
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
