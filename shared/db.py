@@ -85,9 +85,7 @@ def database_url(settings_or_url: Settings | str) -> str:
     return settings_or_url if isinstance(settings_or_url, str) else settings_or_url.database_url
 
 
-def connect(
-    settings_or_url: Settings | str, *, autocommit: bool = False, **kwargs: Any
-) -> psycopg.Connection:
+def connect(settings_or_url: Settings | str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection:
     """A blocking connection (CLI, migrations, tests); services use :func:`async_pool`."""
     return psycopg.connect(database_url(settings_or_url), autocommit=autocommit, **kwargs)
 
@@ -96,9 +94,7 @@ async def connect_async(
     settings_or_url: Settings | str, *, autocommit: bool = False, **kwargs: Any
 ) -> psycopg.AsyncConnection:
     """An asyncio connection, for code running inside an event loop (faust agents)."""
-    return await psycopg.AsyncConnection.connect(
-        database_url(settings_or_url), autocommit=autocommit, **kwargs
-    )
+    return await psycopg.AsyncConnection.connect(database_url(settings_or_url), autocommit=autocommit, **kwargs)
 
 
 def async_pool(
@@ -134,9 +130,7 @@ def validate_migrations(migrations: Iterable[Migration]) -> list[Migration]:
         if m.version < 1:
             raise MigrationError(f"{m.service} migration {m.name!r}: version must be >= 1")
         if m.key in seen:
-            raise MigrationError(
-                f"{m.service} version {m.version} defined twice ({seen[m.key].name!r}, {m.name!r})"
-            )
+            raise MigrationError(f"{m.service} version {m.version} defined twice ({seen[m.key].name!r}, {m.name!r})")
         seen[m.key] = m
     return sorted(seen.values(), key=lambda m: m.key)
 

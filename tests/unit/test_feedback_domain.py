@@ -29,9 +29,7 @@ TS = datetime(2026, 3, 1, 10, 15, tzinfo=UTC)
 
 
 def fb(eid: str, listing: str = "l1", type_: str = "click", user: str = "u1", **kw: object) -> FeedbackEvent:
-    return FeedbackEvent(
-        event_id=eid, user_id=user, listing_id=listing, type=FeedbackType(type_), ts=TS, **kw
-    )
+    return FeedbackEvent(event_id=eid, user_id=user, listing_id=listing, type=FeedbackType(type_), ts=TS, **kw)
 
 
 def consumed(events: list[FeedbackEvent], partition: int = 0, start: int = 0) -> list[Consumed]:
