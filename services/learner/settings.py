@@ -23,7 +23,7 @@ class LearnerSettings(BaseSettings):
     model: Literal["lr", "lr-river", "fm"] = "lr"
     # Chosen by `tagloop eval affinity` (docs/results/learner.md): AdaGrad lets one user's rare
     # user×tag crosses move fast while popular tags settle.
-    learning_rate: float = 0.5
+    learning_rate: float = 1.0
     adagrad: bool = True
     # A checkpoint pickles the whole model: at ~10k events/s, every 50k events (or 10 s) is plenty.
     checkpoint_every: int = 50_000  # events between checkpoints ...
