@@ -37,6 +37,7 @@ from services.feedback.app import APPLICATION_NAME
 from services.feedback.domain import Consumed, TagUpdate, count_rows, dedup, plan_feedback
 from services.feedback.loadgen import (
     OffsetRecorder,
+    engine_args,
     start_worker,
     stored_offsets,
     synthetic_feedback,
@@ -149,8 +150,11 @@ def _end_to_end(
     batch_size: int,
     timeout_s: float,
 ) -> dict[str, Any]:
-    """One engine on its own topics and database: tags first, then the feedback backlog."""
-    run_id = f"{engine}-{uuid.uuid4().hex[:6]}"
+    """One engine on its own topics and database: tags first, then the feedback backlog.
+
+    ``engine`` is ``faust``, ``batch`` or ``batch:N`` (the batch engine with N concurrent writers).
+    """
+    run_id = f"{engine.replace(':', '')}-{uuid.uuid4().hex[:6]}"
     db_name = f"tagloop_bench_feedback_{run_id.replace('-', '_')}"
     url = stack.ensure_database(base.database_url, db_name)
     worker = None
@@ -180,8 +184,7 @@ def _end_to_end(
             settings,
             group,
             f"bench-feedback-{run_id}",
-            "--engine",
-            engine,
+            *engine_args(engine),
             "--batch-size",
             str(batch_size),
             "--stats-file",
@@ -270,7 +273,7 @@ def run(
     stage_events: int = 50_000,
     n_users: int = 20_000,
     n_listings: int = 5_000,
-    engines: Sequence[str] = ("batch", "faust"),
+    engines: Sequence[str] = ("batch", "batch:2", "faust"),
     timeout_s: float = 300.0,
     settings: Settings | None = None,
 ) -> dict[str, Any]:

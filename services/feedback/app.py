@@ -68,13 +68,16 @@ class FeedbackConfig:
         Micro-batch: up to ``batch_size`` events or ``within_s`` seconds.
     web
         Run faust's web server (on a free loopback port) or not.
+    writers
+        Batch engine only: split each poll by partition over this many concurrent
+        transactions (Postgres then works on several cores).
     """
 
     group: str = DEFAULT_GROUP
     batch_size: int = 5000
     within_s: float = 0.5
     tags_batch_size: int = 2000
-    pool_size: int = 2
+    writers: int = 1  # batch engine: concurrent transactions per poll (partitions split between them)
     web: bool = False
     stats_file: str | None = None  # where to write :class:`Timings` as JSON (benchmark)
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:<port>
@@ -144,7 +147,7 @@ class FeedbackService:
             if self._store is None:
                 pool = async_pool(
                     self.settings,
-                    max_size=self.config.pool_size,
+                    max_size=self.config.writers + 1,
                     name="feedback",
                     kwargs={"application_name": APPLICATION_NAME},
                 )

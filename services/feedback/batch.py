@@ -55,6 +55,17 @@ def _split(records: Sequence[Record], topic: str) -> tuple[list[Record], list[Re
     return mine, rest
 
 
+def by_writer(records: Sequence[Record], writers: int) -> list[list[Record]]:
+    """Split a poll by partition into up to ``writers`` groups, each written in its own transaction.
+
+    A partition always goes to one group, so each transaction's stored offsets are its own.
+    """
+    groups: dict[int, list[Record]] = {}
+    for r in records:
+        groups.setdefault(r.partition % max(1, writers), []).append(r)
+    return [groups[k] for k in sorted(groups)]
+
+
 async def run_batch_consumer(
     settings: Settings, config: FeedbackConfig, stop: asyncio.Event | None = None
 ) -> FeedbackService:
@@ -88,7 +99,7 @@ async def run_batch_consumer(
             if tags:
                 await service.on_tags(tags)
             if feedback:
-                await service.on_feedback(feedback)
+                await asyncio.gather(*(service.on_feedback(part) for part in by_writer(feedback, config.writers)))
             commit = {tp: OffsetAndMetadata(batch[-1].offset + 1, "") for tp, batch in fetched.items()}
             try:
                 await consumer.commit(commit)

@@ -52,6 +52,7 @@ def run_cmd(
     web: Annotated[bool, typer.Option(help="Run faust's web server on a free loopback port.")] = False,
     engine: Annotated[str, typer.Option(help="faust (the faust app) or batch (aiokafka batches, faster).")] = "faust",
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
+    writers: Annotated[int, typer.Option(help="Batch engine: concurrent transactions per poll.")] = 1,
 ) -> None:
     """Run the feedback worker until SIGTERM/SIGINT."""
     from services.feedback.app import FeedbackConfig
@@ -89,14 +90,16 @@ def bench_cmd(
     events: Annotated[int, typer.Option(help="Feedback events through the real worker.")] = 100_000,
     batch_size: Annotated[int, typer.Option(help="Worker micro-batch size.")] = 10_000,
     stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 50_000,
-    engines: Annotated[str, typer.Option(help="Comma-separated engines to run end to end.")] = "batch,faust",
+    engines: Annotated[
+        str, typer.Option(help="Comma-separated: faust, batch, batch:N (N concurrent writers).")
+    ] = "batch,batch:2,faust",
 ) -> None:
     """Feedback events/s counted into Postgres exactly once (private broker, fresh database)."""
     from bench.feedback import run
 
     chosen = [e.strip() for e in engines.split(",") if e.strip()]
-    if not chosen or set(chosen) - {"batch", "faust"}:
-        raise typer.BadParameter("engines: batch and/or faust")
+    if not chosen or any(e.partition(":")[0] not in ("batch", "faust") for e in chosen):
+        raise typer.BadParameter("engines: faust, batch or batch:N")
     _print(run(n_events=events, batch_size=batch_size, stage_events=stage_events, engines=chosen), as_json)
 
 

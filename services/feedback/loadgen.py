@@ -171,6 +171,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def engine_args(spec: str) -> list[str]:
+    """Worker arguments for ``faust``, ``batch`` or ``batch:N`` (batch engine, N concurrent writers)."""
+    kind, _, writers = spec.partition(":")
+    return ["--engine", kind, *(["--writers", writers] if writers else [])]
+
+
 def start_worker(settings: Settings, group: str, name: str, *extra: str) -> ManagedProcess:
     """``python -m services.feedback.main`` as a child process (killable with -9)."""
     proc = ManagedProcess(name, Path(settings.state_dir))

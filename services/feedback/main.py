@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--web", action="store_true", help="run faust's web server on a free port")
     parser.add_argument("--loglevel", default="info")
     parser.add_argument("--engine", choices=["faust", "batch"], default="faust")
+    parser.add_argument("--writers", type=int, default=1, help="batch engine: concurrent transactions per poll")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on 127.0.0.1:PORT")
     parser.add_argument("--stats-file", default=None, help="write stage timings here as JSON (benchmark)")
     args = parser.parse_args(argv)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         web=args.web,
         stats_file=args.stats_file,
         metrics_port=args.metrics_port,
+        writers=args.writers,
     )
     run_worker(Settings(), config, args.loglevel, args.engine)
 

@@ -63,17 +63,20 @@ _ARCHIVE_TYPES = [
 ]  # fmt: skip
 
 _COUNT_TABLES = {
-    # attribute of Deltas -> (table, key columns, key types)
-    "listing": ("feedback_listing_tag_counts", ("listing_id", "tag_id"), ("text", "text")),
-    "listing_hourly": (
-        "feedback_listing_tag_hourly",
-        ("listing_id", "tag_id", "hour"),
-        ("text", "text", "timestamptz"),
-    ),
+    # attribute of Deltas -> (table, key columns, key types). Every transaction writes the tables in
+    # this order (and each in key order), so concurrent ones never deadlock. User tables first: their
+    # rows are disjoint between writers of different partitions (feedback is keyed by user), so those
+    # upserts run in parallel; only the shared listing rows at the end make writers wait on each other.
     "user": ("feedback_user_tag_counts", ("user_id", "tag_id"), ("text", "text")),
     "user_hourly": (
         "feedback_user_tag_hourly",
         ("user_id", "tag_id", "hour"),
+        ("text", "text", "timestamptz"),
+    ),
+    "listing": ("feedback_listing_tag_counts", ("listing_id", "tag_id"), ("text", "text")),
+    "listing_hourly": (
+        "feedback_listing_tag_hourly",
+        ("listing_id", "tag_id", "hour"),
         ("text", "text", "timestamptz"),
     ),
 }

@@ -22,6 +22,7 @@ import pytest
 from services.feedback.domain import Consumed, Deltas, TagUpdate, dedup, plan_feedback
 from services.feedback.loadgen import (
     OffsetRecorder,
+    engine_args,
     produce_feedback,
     produce_tags,
     start_worker,
@@ -95,7 +96,7 @@ def wait_for(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-unty
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch"])
+@pytest.mark.parametrize("engine", ["faust", "batch:2"])
 def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str, workers, engine: str) -> None:  # type: ignore[no-untyped-def]
     url = database_url
     apply_migrations(url, MIGRATIONS)
@@ -104,7 +105,7 @@ def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str
     tags = synthetic_tags(ns, 300)
     events = list(synthetic_feedback(ns, 12_000, n_users=500, n_listings=300))
 
-    first = start_worker(settings, group, f"fb-{ns}-1", "--batch-size", "300", "--engine", engine)
+    first = start_worker(settings, group, f"fb-{ns}-1", "--batch-size", "300", *engine_args(engine))
     workers.append(first)
     rec = OffsetRecorder(settings.kafka)
     produce_tags(rec, topics.tags, tags)
@@ -122,7 +123,7 @@ def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str
     produce_feedback(rec, topics.feedback, events[8000:])
     produce_feedback(rec, topics.feedback, events[7000:9000])  # redelivered across the kill
     targets = rec.flush()
-    second = start_worker(settings, group, f"fb-{ns}-2", "--batch-size", "1000", "--engine", engine)
+    second = start_worker(settings, group, f"fb-{ns}-2", "--batch-size", "1000", *engine_args(engine))
     workers.append(second)
     assert wait_caught_up(url, group, targets, 120, worker=second)
 
@@ -142,7 +143,7 @@ def _fast_shutdown(state_dir: Path, name: str) -> None:
     proc.stop()  # reaps and removes the pid file
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch"])
+@pytest.mark.parametrize("engine", ["faust", "batch:2"])
 def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: str, workers, engine: str) -> None:  # type: ignore[no-untyped-def]
     pg_name = f"pg-feedback-{ns}"
     url = start_embedded_postgres(state_dir, name=pg_name)
@@ -154,7 +155,7 @@ def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: st
         topics = cfg.topics
         tags = synthetic_tags(ns, 200)
         events = list(synthetic_feedback(ns, 9000, n_users=400, n_listings=200, start=datetime(2026, 5, 1, tzinfo=UTC)))
-        worker = start_worker(cfg, group, f"fb-{ns}", "--batch-size", "300", "--engine", engine)
+        worker = start_worker(cfg, group, f"fb-{ns}", "--batch-size", "300", *engine_args(engine))
         workers.append(worker)
         rec = OffsetRecorder(cfg.kafka)
         produce_tags(rec, topics.tags, tags)

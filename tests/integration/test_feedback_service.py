@@ -17,6 +17,7 @@ from confluent_kafka import Consumer
 from services.feedback.domain import PENDING_TAG, Consumed, TagUpdate
 from services.feedback.loadgen import (
     OffsetRecorder,
+    engine_args,
     produce_feedback,
     produce_tags,
     start_worker,
@@ -185,7 +186,7 @@ def run_worker(settings: Settings, worker_group: str) -> Iterator[list[ManagedPr
         p.stop(timeout_s=10)
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch"])
+@pytest.mark.parametrize("engine", ["faust", "batch:2"])
 def test_worker_end_to_end(
     settings: Settings, migrated: str, ns: str, worker_group: str, run_worker, engine: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -203,7 +204,7 @@ def test_worker_end_to_end(
     rec.send(topics.tags, b"broken-listing", b"[]")
     targets = rec.flush()
 
-    worker = start_worker(settings, worker_group, f"fb-{ns}", "--batch-size", "500", "--engine", engine)
+    worker = start_worker(settings, worker_group, f"fb-{ns}", "--batch-size", "500", *engine_args(engine))
     run_worker.append(worker)
     assert wait_caught_up(url, worker_group, targets, timeout_s=90, worker=worker), "worker did not catch up"
 
