@@ -87,7 +87,7 @@ def verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 
 def bench_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    events: Annotated[int, typer.Option(help="Feedback events through the real worker.")] = 100_000,
+    events: Annotated[int, typer.Option(help="Feedback events through the real worker (per engine).")] = 60_000,
     batch_size: Annotated[int, typer.Option(help="Worker micro-batch size.")] = 10_000,
     stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 50_000,
     engines: Annotated[
