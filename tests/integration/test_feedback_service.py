@@ -237,6 +237,24 @@ def test_worker_end_to_end(
     assert moved is not None and moved[0] > 0
     assert set(recount_mismatches(url).values()) == {0}
 
+    # A tombstone deletes listing l0: later feedback about it is archived, counted against no tag.
+    gone = OffsetRecorder(settings.kafka)
+    gone.send(topics.tags, f"{ns}-l0".encode(), None)
+    assert wait_caught_up(url, worker_group, gone.flush(), timeout_s=60, worker=worker)
+    after = FeedbackEvent(
+        event_id=f"{ns}-after-delete", user_id=f"{ns}-u1", listing_id=f"{ns}-l0", type=FeedbackType.CLICK, ts=TS
+    )
+    produce_feedback(gone, topics.feedback, [after])
+    assert wait_caught_up(url, worker_group, gone.flush(), timeout_s=60, worker=worker)
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT tag_ids FROM feedback_events WHERE event_id = %s", (after.event_id,)).fetchone()
+        deleted = conn.execute(
+            "SELECT deleted, tag_ids FROM feedback_listing_tags WHERE listing_id = %s", (f"{ns}-l0",)
+        ).fetchone()
+    assert row == ([],)
+    assert deleted == (True, [])
+    assert set(recount_mismatches(url).values()) == {0}
+
     letters = _dead_letters(settings, expected=4)
     assert len(letters) == 4
     assert {dl.topic for dl in letters} == {topics.feedback, topics.tags}
