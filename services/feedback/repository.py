@@ -7,11 +7,16 @@ unreachable (restart), or aborts it for a deadlock/serialization failure. Becaus
 event ids, archive rows, counts and offsets commit together, a retried or
 redelivered batch never counts an event twice.
 
-Writes are set-based: ids are claimed with one ``INSERT .. SELECT unnest(..) ON
-CONFLICT DO NOTHING RETURNING``, the archive is filled with binary ``COPY`` and the
-counters with one ``INSERT .. SELECT unnest(..) ON CONFLICT DO UPDATE`` per table.
-Every statement that locks rows does so in key order, so concurrent workers
-(overlapping listing×tag rows) wait for each other but never deadlock.
+Writes are set-based, a handful of statements per batch whatever its size: ids are
+claimed with one ``INSERT .. SELECT unnest(..) ON CONFLICT DO NOTHING RETURNING``; the
+new events go by binary ``COPY`` into a per-connection staging table, from there into
+the archive, and are counted by one ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO
+UPDATE`` per counter table (the micro-batch is aggregated inside Postgres, in C: on
+this machine that saves 50-100 µs of Python CPU per event over counting in Python and
+copying ~8 counter rows per event). Re-attribution deltas (small) are computed in
+Python and copied to staging tables the same way. Every statement that locks rows
+does so in a fixed table order and in key order, so concurrent workers (overlapping
+listing×tag rows) wait for each other but never deadlock.
 """
 
 from __future__ import annotations
