@@ -319,3 +319,7 @@ def run(
         }
     finally:
         broker.stop_broker(state_dir)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2, sort_keys=True))
