@@ -205,3 +205,29 @@ def test_updates_retag_only_changed_text_deletes_tombstone_order_kept(
     by_event = {e.event_id: e for e in first + second}
     for ev in events:
         assert ev.listing_id == by_event[ev.source_event_id].listing_id
+
+
+def test_a_partition_assigned_again_forgets_what_was_seen_of_it() -> None:
+    """A listing tagged here, re-tagged by another member meanwhile, must not be skipped on return."""
+    from services.tagger.core import RawRecord, SeenContent, plan_batch
+    from shared.events import encode
+
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    x = ListingEvent(event_id="e1", listing_id="l1", op=ListingOp.CREATED, title="Red kurta", ts=ts)
+    back_to_x = x.model_copy(update={"event_id": "e3", "op": ListingOp.UPDATED})
+    seen = SeenContent()
+
+    def rec(ev: ListingEvent, partition: int, offset: int) -> RawRecord:
+        return RawRecord("listings", partition, offset, ev.listing_id.encode(), encode(ev))
+
+    assert len(plan_batch([rec(x, 2, 0)], seen, "v1").to_tag) == 1
+    # Partition 2 went to another member (which tagged text Y at offset 1) and came back.
+    assert plan_batch([rec(back_to_x, 2, 2)], seen, "v1").unchanged  # what would go wrong
+    seen.forget_partitions({("listings", 2)})
+    assert len(plan_batch([rec(back_to_x, 2, 2)], seen, "v1").to_tag) == 1
+    # Other partitions' memory is kept.
+    other = x.model_copy(update={"listing_id": "l2", "event_id": "e4"})
+    plan_batch([rec(other, 1, 0)], seen, "v1")
+    seen.forget_partitions({("listings", 2)})
+    again = other.model_copy(update={"event_id": "e5", "op": ListingOp.UPDATED})
+    assert plan_batch([rec(again, 1, 1)], seen, "v1").unchanged
