@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,8 @@ def _listing_tags(rng: random.Random) -> dict[str, list[str]]:
     return {f"l{i}": rng.sample(tags, TAGS_PER_LISTING) for i in range(N_LISTINGS)}
 
 
-def _events(n: int, rng: random.Random, prefix: str = "e") -> list[FeedbackEvent]:
+def _events(n: int, rng: random.Random, prefix: str = "e", rate: float = 10_000.0) -> list[FeedbackEvent]:
+    """``n`` events with event times spaced as if produced at ``rate`` (impression windows close)."""
     kinds, weights = zip(*MIX, strict=True)
     now = datetime.now(UTC)
     return [
@@ -62,7 +63,7 @@ def _events(n: int, rng: random.Random, prefix: str = "e") -> list[FeedbackEvent
             user_id=f"u{rng.randrange(N_USERS)}",
             listing_id=f"l{rng.randrange(N_LISTINGS)}",
             type=rng.choices(kinds, weights)[0],
-            ts=now,
+            ts=now + timedelta(seconds=i / rate),
         )
         for i in range(n)
     ]
@@ -123,7 +124,9 @@ def lag_at_rate(settings: Settings, ls: LearnerSettings, rate: int, seconds: flo
     producer.flush(30)
     total = int(rate * seconds)
     # Encoded before the clock starts: the producer must hold the rate, not the learner's CPU share.
-    payloads = [(e.user_id.encode(), encode(e)) for e in _events(total, rng, prefix=f"b{uuid.uuid4().hex[:6]}-")]
+    payloads = [
+        (e.user_id.encode(), encode(e)) for e in _events(total, rng, prefix=f"b{uuid.uuid4().hex[:6]}-", rate=rate)
+    ]
 
     ctx = mp.get_context("spawn")
     ready, stop_flag = ctx.Event(), ctx.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from psycopg.types.json import Jsonb
 
@@ -75,21 +75,26 @@ class PostgresCheckpoints:
 
     def save(self, checkpoint: Checkpoint) -> int:
         """Write the checkpoint atomically; returns its id."""
-        blob = dumps(checkpoint.model)
-        offsets = {t: {str(p): o for p, o in parts.items()} for t, parts in checkpoint.offsets.items()}
         model = checkpoint.model
+        checkpoint.id, checkpoint.created_at = self.save_serialized(
+            dumps(model), checkpoint.offsets, model.name, model.counters.events_seen, model.stats()
+        )
+        return checkpoint.id
+
+    def save_serialized(
+        self, blob: bytes, offsets: Offsets, model_name: str, events_seen: int, stats: dict[str, Any]
+    ) -> tuple[int, datetime]:
+        """Write an already pickled model with its offsets in one transaction; returns (id, created_at).
+
+        The learner pickles in its loop (a consistent snapshot) and writes from a
+        background thread, so the loop does not wait for Postgres.
+        """
+        as_json = {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()}
         with connect(self.database_url) as conn, conn.transaction():
             row = conn.execute(
                 "INSERT INTO learner_checkpoints (learner, model_name, events_seen, offsets, stats, state)"
                 " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, created_at",
-                (
-                    self.learner,
-                    model.name,
-                    model.counters.events_seen,
-                    Jsonb(offsets),
-                    Jsonb(model.stats()),
-                    blob,
-                ),
+                (self.learner, model_name, events_seen, Jsonb(as_json), Jsonb(stats), blob),
             ).fetchone()
             assert row is not None
             conn.execute(
@@ -97,8 +102,7 @@ class PostgresCheckpoints:
                 " (SELECT id FROM learner_checkpoints WHERE learner = %s ORDER BY id DESC LIMIT %s)",
                 (self.learner, self.learner, self.keep),
             )
-        checkpoint.id, checkpoint.created_at = int(row[0]), row[1]
-        return checkpoint.id
+        return int(row[0]), row[1]
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint, or ``None`` when this learner has none."""

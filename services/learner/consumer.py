@@ -76,9 +76,9 @@ class FeedbackSource:
     def snapshot(self) -> Offsets:
         return {t: dict(parts) for t, parts in self.positions.items()}
 
-    def commit(self) -> None:
-        """Best-effort group commit of the checkpointed positions (monitoring only)."""
-        offsets = [TopicPartition(t, p, o) for t, parts in self.positions.items() for p, o in parts.items()]
+    def commit(self, positions: Offsets) -> None:
+        """Best-effort group commit of checkpointed positions (monitoring only: lag shows in Kafka tools)."""
+        offsets = [TopicPartition(t, p, o) for t, parts in positions.items() for p, o in parts.items()]
         if not offsets:
             return
         try:

@@ -9,16 +9,17 @@ checkpoint, and that is re-read from the checkpoint's offsets on restart.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from confluent_kafka import Message, Producer
 
-from services.learner.checkpoint import Checkpoint, PostgresCheckpoints
+from services.learner.checkpoint import Checkpoint, PostgresCheckpoints, dumps
 from services.learner.consumer import FeedbackSource, apply
 from services.learner.model import AffinityModel, UserTagClassifier
 from services.learner.publisher import AffinityPublisher, RateLimiter
@@ -51,7 +52,7 @@ def run(
     ls: LearnerSettings,
     stop: threading.Event,
     shared: ModelLock | None = None,
-    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
     on_batch: Callable[[list[Message]], None] | None = None,
 ) -> Checkpoint:
     """Run the learner until ``stop`` is set; returns the final checkpoint (already saved)."""
@@ -71,18 +72,31 @@ def run(
     )
     with shared.lock:
         shared.model = model
+    # One checkpoint write in flight at most: the loop pickles (a consistent snapshot), a
+    # thread writes it to Postgres, so learning does not wait for the database.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+    in_flight: Future[Checkpoint] | None = None
 
-    def checkpoint() -> Checkpoint:
+    def checkpoint() -> Future[Checkpoint]:
+        nonlocal in_flight
         # Dead letters must be durable before the offsets that skip their originals are.
         producer.flush(30)
+        if in_flight is not None:
+            in_flight.result()  # surfaces a failed write instead of silently skipping it
         with shared.lock:
-            cp = Checkpoint(model=model, offsets=source.snapshot())
-            repo.save(cp)
-        if on_checkpoint is not None:
-            on_checkpoint(cp)
-        return cp
+            blob, offsets, stats = dumps(model), source.snapshot(), model.stats()
+
+        def write() -> Checkpoint:
+            cp_id, created = repo.save_serialized(blob, offsets, model.name, int(stats["events_seen"]), stats)
+            if on_checkpoint is not None:
+                on_checkpoint(cp_id, stats)
+            return Checkpoint(model=model, offsets=offsets, id=cp_id, created_at=created)
+
+        in_flight = writer.submit(write)
+        return in_flight
 
     since_checkpoint, last_checkpoint = 0, time.monotonic()
+    to_commit: Future[Checkpoint] | None = None
     try:
         while not stop.is_set():
             msgs = source.poll(ls.poll_batch, timeout_s=0.2)
@@ -96,18 +110,21 @@ def run(
                 on_batch(msgs)
             since_checkpoint += len(msgs)
             publisher.mark(applied.touched_users)
-            due = since_checkpoint >= ls.checkpoint_every or (
+            if since_checkpoint >= ls.checkpoint_every or (
                 since_checkpoint and time.monotonic() - last_checkpoint >= ls.checkpoint_interval_s
-            )
-            if due:
-                checkpoint()
+            ):
+                to_commit = checkpoint()
                 since_checkpoint, last_checkpoint = 0, time.monotonic()
             with shared.lock:
                 publisher.publish_due(model)
-            if due:
-                source.commit()
-        return checkpoint()
+            if to_commit is not None and to_commit.done():
+                source.commit(to_commit.result().offsets)
+                to_commit = None
+        final = checkpoint().result()
+        source.commit(final.offsets)
+        return final
     finally:
+        writer.shutdown(wait=True)
         source.close()
         producer.flush(10)
 
@@ -119,9 +136,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ls = LearnerSettings()
-    final = run(Settings(), ls, stop, on_checkpoint=lambda cp: log.info("checkpoint %s %s", cp.id, cp.model.stats()))
-    with contextlib.suppress(Exception):
-        log.info("stopped at checkpoint %s", final.id)
+    final = run(Settings(), ls, stop, on_checkpoint=lambda cp_id, stats: log.info("checkpoint %s %s", cp_id, stats))
+    log.info("stopped at checkpoint %s", final.id)
 
 
 if __name__ == "__main__":
