@@ -7,7 +7,10 @@ seeking to its offsets re-learns exactly what the lost state had learned after i
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -122,3 +125,44 @@ class PostgresCheckpoints:
         with connect(self.database_url) as conn:
             row = conn.execute("SELECT max(id) FROM learner_checkpoints WHERE learner = %s", (self.learner,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+
+def save_forked(repo: PostgresCheckpoints, model: AffinityModel, offsets: Offsets) -> Callable[[], int]:
+    """Snapshot ``model`` by forking, then pickle and write it from the child; returns a waiter.
+
+    The fork (tens of ms) is the only pause of the caller: the child holds a
+    copy-on-write image of the model exactly as it is now, so learning continues
+    in the parent while the child pickles (hundreds of ms for a large model) and
+    writes. Calling the waiter blocks until the child is done and returns the
+    checkpoint id; it raises if the child failed. POSIX only (see :func:`can_fork`).
+    """
+    read_end, write_end = os.pipe()
+    stats = model.stats()
+    pid = os.fork()
+    if pid == 0:  # child: touch nothing but the snapshot and a fresh Postgres connection
+        code = 1
+        try:
+            os.close(read_end)
+            cp_id, _ = repo.save_serialized(dumps(model), offsets, model.name, model.counters.events_seen, stats)
+            os.write(write_end, str(cp_id).encode())
+            code = 0
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                os.write(write_end, f"error: {type(exc).__name__}: {exc}".encode()[:4000])
+        finally:
+            os._exit(code)  # no atexit handlers, no Kafka client destructors in the child
+    os.close(write_end)
+
+    def wait() -> int:
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not answer.isdigit():
+            raise RuntimeError(f"checkpoint child {pid} failed: {answer or 'no answer'}")
+        return int(answer)
+
+    return wait
+
+
+def can_fork() -> bool:
+    return hasattr(os, "fork")

@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import Message, Producer
 
-from services.learner.checkpoint import Checkpoint, PostgresCheckpoints, dumps
+from services.learner.checkpoint import Checkpoint, PostgresCheckpoints, can_fork, dumps, save_forked
 from services.learner.consumer import FeedbackSource, apply
 from services.learner.model import AffinityModel, UserTagClassifier
 from services.learner.publisher import AffinityPublisher, RateLimiter
@@ -72,10 +72,12 @@ def run(
     )
     with shared.lock:
         shared.model = model
-    # One checkpoint write in flight at most: the loop pickles (a consistent snapshot), a
-    # thread writes it to Postgres, so learning does not wait for the database.
+    # One checkpoint in flight at most. Its snapshot is taken in the loop (a fork, or a
+    # pickle where fork is unavailable); Postgres is written by a child or a thread, so
+    # learning does not wait for the pickling or the database.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
     in_flight: Future[Checkpoint] | None = None
+    forked = ls.fork_checkpoints and can_fork()
 
     def checkpoint() -> Future[Checkpoint]:
         nonlocal in_flight
@@ -84,13 +86,20 @@ def run(
         if in_flight is not None:
             in_flight.result()  # surfaces a failed write instead of silently skipping it
         with shared.lock:
-            blob, offsets, stats = dumps(model), source.snapshot(), model.stats()
+            offsets, stats = source.snapshot(), model.stats()
+            if forked:
+                wait_child = save_forked(repo, model, offsets)
+            else:
+                blob = dumps(model)
 
         def write() -> Checkpoint:
-            cp_id, created = repo.save_serialized(blob, offsets, model.name, int(stats["events_seen"]), stats)
+            if forked:
+                cp_id = wait_child()
+            else:
+                cp_id, _ = repo.save_serialized(blob, offsets, model.name, int(stats["events_seen"]), stats)
             if on_checkpoint is not None:
                 on_checkpoint(cp_id, stats)
-            return Checkpoint(model=model, offsets=offsets, id=cp_id, created_at=created)
+            return Checkpoint(model=model, offsets=offsets, id=cp_id)
 
         in_flight = writer.submit(write)
         return in_flight

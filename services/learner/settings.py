@@ -29,6 +29,8 @@ class LearnerSettings(BaseSettings):
     checkpoint_every: int = 50_000  # events between checkpoints ...
     checkpoint_interval_s: float = 10.0  # ... or seconds, whichever comes first
     checkpoints_kept: int = 3
+    # Snapshot by fork (copy-on-write): the loop pauses ~20 ms instead of a full pickle.
+    fork_checkpoints: bool = True
     impression_window_s: float = 1800.0
     dedup_window: int = 200_000
     poll_batch: int = 1000

@@ -44,9 +44,7 @@ class Learner:
     def __init__(self, settings: Settings, ls: LearnerSettings):
         self.stop = threading.Event()
         self.result: list[Checkpoint] = []
-        self.thread = threading.Thread(
-            target=lambda: self.result.append(run(settings, ls, self.stop)), daemon=True
-        )
+        self.thread = threading.Thread(target=lambda: self.result.append(run(settings, ls, self.stop)), daemon=True)
         self.thread.start()
 
     def close(self) -> Checkpoint:
@@ -74,9 +72,7 @@ def test_checkpoint_round_trip_keeps_offsets_and_only_the_newest(repo: PostgresC
     assert latest.model.stats() == model.stats()
     assert latest.model.score("u", "shoes") == model.score("u", "shoes")
     with __import__("shared.db", fromlist=["connect"]).connect(repo.database_url) as conn:
-        n = conn.execute(
-            "SELECT count(*) FROM learner_checkpoints WHERE learner = %s", (repo.learner,)
-        ).fetchone()
+        n = conn.execute("SELECT count(*) FROM learner_checkpoints WHERE learner = %s", (repo.learner,)).fetchone()
     assert n is not None and n[0] == 2
 
 
@@ -120,13 +116,13 @@ def test_learns_each_event_once_across_restart_and_dead_letters_bad_input(
     assert second.model.score("u-new", "pots") > second.model.score("stranger", "pots")
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["fork-snapshot", "pickle-in-loop"])
 def test_publishes_changed_top_k_to_user_affinity(
-    settings: Settings, learner_settings: LearnerSettings, repo: PostgresCheckpoints
+    settings: Settings, learner_settings: LearnerSettings, repo: PostgresCheckpoints, fork: bool
 ) -> None:
+    learner_settings = learner_settings.model_copy(update={"fork_checkpoints": fork})
     produce_tags(settings, LISTINGS)
-    produce_feedback(
-        settings, [feedback(i, f"buyer{i % 4}", "l1", FeedbackType.ADD_TO_CART) for i in range(40)]
-    )
+    produce_feedback(settings, [feedback(i, f"buyer{i % 4}", "l1", FeedbackType.ADD_TO_CART) for i in range(40)])
     learner = Learner(settings, learner_settings)
     wait_for(checkpoint_with(repo, 40), 60, "all events learned")
     records = read_all(settings, settings.topics.user_affinity, 4)
@@ -158,9 +154,7 @@ def test_tag_tombstone_and_unknown_listing(
             )
         ],
     )
-    cp = wait_for(
-        lambda: (c := repo.latest()) and c.model.counters.positives == 1 and c, 60, "waiting event learned"
-    )
+    cp = wait_for(lambda: (c := repo.latest()) and c.model.counters.positives == 1 and c, 60, "waiting event learned")
     assert "garden" in cp.model.tags
     produce(settings, settings.topics.tags, [(b"l9", None)])
     wait_for(lambda: (c := repo.latest()) and "l9" not in c.model.listing_tags, 60, "tombstone applied")
