@@ -15,15 +15,19 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from services.tagger.zero_shot import ZeroShotTagger, label_text
-from shared.events import Tag
+from services.tagger.zero_shot import ZeroShotTagger, category_tag_id, label_text
+from shared.events import Tag, TagKind
 from shared.settings import Settings
 from shared.taxonomy import load_taxonomy
 from shared.triton_client import AsyncTritonTextClient
+
+if TYPE_CHECKING:
+    from services.trainer.artifacts import ModelCard
+    from services.trainer.predictor import ZeroShotTags
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,22 @@ async def zero_shot_tagger(
     return ZeroShotTagger.from_embeddings(probe.categories, embeddings)
 
 
+def zero_shot_tags(tagger: ZeroShotTagger, card: ModelCard) -> ZeroShotTags:
+    """Cold-start tags of a trained model: the taxonomy categories, scored with the card's calibration."""
+    from services.trainer.artifacts import VocabEntry
+    from services.trainer.predictor import ZeroShotTags
+
+    entries = [
+        VocabEntry(
+            tag_id=category_tag_id(c.id), name=c.full_name, kind=TagKind.CATEGORY, taxonomy_id=c.id,
+            name_zh=" > ".join(c.path_zh), parent=category_tag_id(c.parent_id) if c.parent_id else None,
+            level=c.depth,
+        )
+        for c in tagger.categories
+    ]
+    return ZeroShotTags.from_card(card, entries, tagger.label_embeddings)
+
+
 class TritonZeroShotBackend:
     """Encoder on Triton, zero-shot taxonomy tags in process."""
 
@@ -109,7 +129,8 @@ class TritonTagModelBackend:
 
         self.client = client
         self.card = load_model_card(version_dir)
-        self.zero_shot = zero_shot
+        # tags_from_probs takes ZeroShotTags (calibrated by the card), not the zero-shot tagger.
+        self.zero_shot = zero_shot_tags(zero_shot, self.card) if zero_shot is not None else None
         self.stamp = ModelStamp(self.card.model_name, str(self.card.version))
 
     @classmethod

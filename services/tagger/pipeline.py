@@ -257,7 +257,10 @@ class TaggerPipeline:
         self.metrics.inflight.set(len(self.inflight))
         owned = [TopicPartition(t, p, o) for (t, p), o in offsets.items() if (t, p) in self.assigned]
         if owned and commit and not self.options.transactional:
-            self.consumer.commit(offsets=owned, asynchronous=asynchronous)
+            if asynchronous:
+                self.consumer.commit(offsets=owned, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=owned, asynchronous=False)
         return owned
 
     async def _drain(self, commit: bool = True) -> list[TopicPartition]:

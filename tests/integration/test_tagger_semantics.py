@@ -53,14 +53,14 @@ def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
     stack_settings: Settings, data_dir: Path, tmp_path: Path
 ) -> None:
     s = stack_settings
-    listings = real_listings(data_dir, 400, offset=2400)
+    listings = real_listings(data_dir, 600, offset=2400)
     group = f"tagger-scale-{uuid.uuid4().hex[:6]}"
     a = TaggerProcess("tagger-a", s, tmp_path, group)
     b = TaggerProcess("tagger-b", s, tmp_path, group)
     tail = TopicTail(s, s.topics.tags)
     errors: list[BaseException] = []
 
-    def produce() -> None:  # a steady stream while members come and go
+    def produce() -> None:  # a steady stream (~75 s) while members come and go
         try:
             produce_listings(s, listings, rate_per_s=8)
         except BaseException as exc:
@@ -82,11 +82,11 @@ def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
         b_share = _produced(b)
         assert b.stop(timeout_s=60)  # leaves: SIGTERM drains, commits, then leaves the group
 
+        before_rejoin = len(tail.poll(0.2))
+        b.start()  # and joins again, mid-stream
         ids = {lst.listing_id for lst in listings}
         producer.join(120)
         assert not errors, errors
-        before_rejoin = len(tail.poll(0.2))
-        b.start()  # and joins again, mid-stream if the stream is not through yet
         tail.wait(lambda ms: {e.listing_id for e in tag_events(ms)} >= ids, 420, "a tag for every listing")
         wait_committed(s, group, end_offsets(s, s.topics.listings, s.topics.partitions), 60)
         events = tag_events(tail.settle(4.0))
@@ -203,8 +203,8 @@ def test_updates_retag_only_changed_text_deletes_tombstone_order_kept(
     events = tag_events(messages)
     assert all(e.content_hash for e in events)
     by_event = {e.event_id: e for e in first + second}
-    for ev in events:
-        assert ev.listing_id == by_event[ev.source_event_id].listing_id
+    for tag in events:
+        assert tag.listing_id == by_event[tag.source_event_id].listing_id
 
 
 def test_a_partition_assigned_again_forgets_what_was_seen_of_it() -> None:
