@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -30,7 +31,7 @@ LISTINGS = {"l1": ["shoes", "red"], "l2": ["pots"], "l3": ["lamps", "red"]}
 @pytest.fixture
 def learner_settings(request: pytest.FixtureRequest) -> LearnerSettings:
     return LearnerSettings(
-        name=f"t-{request.node.name[:40]}",
+        name=f"t-{request.node.name[:30]}-{uuid.uuid4().hex[:6]}",
         checkpoint_every=50,
         checkpoint_interval_s=0.5,
         publish_min_interval_s=0.0,
