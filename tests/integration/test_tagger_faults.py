@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -275,11 +275,6 @@ def stack_settings(settings: Settings, triton_encoder: TritonEndpoints) -> Setti
     return with_triton(settings, triton_encoder)
 
 
-@pytest.fixture
-def tagger_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-
-
 # -- kill -9 --------------------------------------------------------------------------
 
 
@@ -290,13 +285,13 @@ def _tags_produced(tagger: TaggerProcess) -> float:
 
 @pytest.mark.slow
 def test_kill_9_mid_stream_then_restart_tags_every_listing(
-    stack_settings: Settings, data_dir: Path, tagger_dir: Path
+    stack_settings: Settings, data_dir: Path, tmp_path: Path
 ) -> None:
     s = stack_settings
     listings = real_listings(data_dir, 400)
     produce_listings(s, listings)
     group = f"tagger-kill9-{uuid.uuid4().hex[:6]}"
-    tagger = TaggerProcess("tagger-kill9", s, tagger_dir, group)
+    tagger = TaggerProcess("tagger-kill9", s, tmp_path, group)
     tail = TopicTail(s, s.topics.tags)
     try:
         tagger.start()
@@ -337,17 +332,17 @@ def test_kill_9_mid_stream_then_restart_tags_every_listing(
 
 @pytest.mark.slow
 def test_triton_down_30s_under_load_loses_nothing(
-    settings: Settings, data_dir: Path, tagger_dir: Path
+    settings: Settings, data_dir: Path, tmp_path: Path
 ) -> None:
     reason = tritonserver_available()
     if reason is not None:
         pytest.skip(f"bundled tritonserver unavailable: {reason}")
-    triton = OwnTriton(tagger_dir)
+    triton = OwnTriton(tmp_path)
     triton.start()
     s = with_triton(settings, triton.endpoints)
     listings = real_listings(data_dir, 300)
     group = f"tagger-triton-{uuid.uuid4().hex[:6]}"
-    tagger = TaggerProcess("tagger-triton", s, tagger_dir, group)
+    tagger = TaggerProcess("tagger-triton", s, tmp_path, group)
     tail = TopicTail(s, s.topics.tags)
     errors: list[BaseException] = []
 
@@ -438,7 +433,7 @@ def _json(key: str, body: dict[str, object], what: str) -> tuple[bytes | None, b
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_1000_malformed_mixed_with_1000_good(stack_settings: Settings, data_dir: Path, tagger_dir: Path) -> None:
+def test_1000_malformed_mixed_with_1000_good(stack_settings: Settings, data_dir: Path, tmp_path: Path) -> None:
     s = stack_settings
     listings = real_listings(data_dir, 1000, offset=1200)
     bad = malformed_messages(1000)
@@ -451,7 +446,7 @@ def test_1000_malformed_mixed_with_1000_good(stack_settings: Settings, data_dir:
     assert producer.flush(30) == 0
 
     group = f"tagger-malformed-{uuid.uuid4().hex[:6]}"
-    tagger = TaggerProcess("tagger-malformed", s, tagger_dir, group)
+    tagger = TaggerProcess("tagger-malformed", s, tmp_path, group)
     tags, dead = TopicTail(s, s.topics.tags), TopicTail(s, s.topics.dead_letter)
     try:
         tagger.start()
