@@ -90,7 +90,9 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
     settings = Settings.model_validate_json(settings_json)
     ls = LearnerSettings.model_validate_json(ls_json)
     lags: list[float] = []
+    series: list[tuple[float, int, float]] = []
     learned = [0]
+    t0 = time.perf_counter()
     stop = threading.Event()
 
     def on_batch(msgs: list[Message]) -> None:
@@ -100,15 +102,36 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
         if fb:
             learned[0] += len(fb)
             lags.append((now_ms - min(m.timestamp()[1] for m in fb)) / 1000)
+            series.append((round(time.perf_counter() - t0, 2), len(fb), round(lags[-1], 2)))
         if stop_flag.is_set():
             stop.set()
 
-    t0 = time.perf_counter()
-    run(settings, ls, stop, on_batch=on_batch)
-    Path(out).write_text(json.dumps({"lags": lags, "learned": learned[0], "seconds": time.perf_counter() - t0}))
+    checkpoints: list[tuple[float, int]] = []
+    run(
+        settings,
+        ls,
+        stop,
+        on_batch=on_batch,
+        on_checkpoint=lambda cp_id, stats: checkpoints.append(
+            (round(time.perf_counter() - t0, 3), int(stats["events_seen"]))
+        ),
+    )
+    Path(out).write_text(
+        json.dumps(
+            {
+                "lags": lags,
+                "learned": learned[0],
+                "seconds": time.perf_counter() - t0,
+                "checkpoints": checkpoints,
+                "series": series,
+            }
+        )
+    )
 
 
-def lag_at_rate(settings: Settings, ls: LearnerSettings, rate: int, seconds: float) -> dict[str, Any]:
+def lag_at_rate(
+    settings: Settings, ls: LearnerSettings, rate: int, seconds: float, debug: bool = False
+) -> dict[str, Any]:
     """Produce at ``rate`` events/s for ``seconds`` while the learner process consumes; measure its lag."""
     rng = random.Random(1)
     producer = Producer(producer_config(settings.kafka) | {"linger.ms": 5})
@@ -170,6 +193,9 @@ def lag_at_rate(settings: Settings, ls: LearnerSettings, rate: int, seconds: flo
         "lag_p99_s": round(q[98], 3),
         "lag_max_s": round(max(lags), 3) if lags else None,
         "batches": len(lags),
+        "checkpoints_written": len(result["checkpoints"]),
+        "checkpoint_times": result["checkpoints"],
+        "series": result["series"] if debug else None,
     }
 
 

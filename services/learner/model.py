@@ -117,8 +117,15 @@ class HashedLogisticRegression(base.Classifier):
         """The weight of one feature of value 1 (read-only)."""
         return self.weights.get(zlib.crc32(name.encode(), self.seed) % self.n_features, 0.0)
 
+    def index(self, name: str) -> int:
+        """Bucket of a feature name."""
+        return zlib.crc32(name.encode(), self.seed) % self.n_features
+
     def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:
-        indexed = self._indices(x)
+        self.learn_indexed(self._indices(x), y, w)
+
+    def learn_indexed(self, indexed: list[tuple[int, float]], y: base.typing.ClfTarget, w: float = 1.0) -> None:
+        """``learn_one`` on already hashed features (callers that reuse a hash across samples)."""
         g = (self._proba(indexed) - float(bool(y))) * w
         g = max(-self.clip, min(self.clip, g))
         weights, lr, l2 = self.weights, self.learning_rate, self.l2
@@ -242,6 +249,21 @@ class UserTagClassifier(base.Classifier):
     def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
         p = float(self.model.predict_proba_one(self.features(x)).get(True, 0.5))
         return {False: 1.0 - p, True: p}
+
+    def learn_user_tags(self, user: str, tags: Iterable[str], y: bool, w: float = 1.0) -> None:
+        """``learn_one`` for one user and several tags; the LR hashes the user once."""
+        m = self.model
+        if not isinstance(m, HashedLogisticRegression) or self._featurize is not lr_features:
+            for tag in tags:
+                self.learn_one({"user": user, "tag": tag}, y, w=w)
+            return
+        user_index = m.index(f"user={user}")
+        for tag in tags:
+            m.learn_indexed(
+                [(user_index, 1.0), (m.index(f"tag={tag}"), 1.0), (m.index(f"user×tag={user}|{tag}"), 1.0)], y, w
+            )
+            self.tags.add(tag)
+        self.users.add(user)
 
     def proba_many(self, users: Sequence[str], tags: Sequence[str]) -> list[float]:
         """P(engagement) for each ``(users[i], tags[i])``: what ``predict_proba_one`` gives, faster.
@@ -388,13 +410,12 @@ class AffinityModel:
             known = (*known, context_tag)
         return known
 
-    def _learn_sample(self, user: str, tags: Iterable[str], label: bool, weight: float) -> None:
-        for tag in tags:
-            self.classifier.learn_one({"user": user, "tag": tag}, label, w=weight)
-            if label:
-                self.counters.positives += 1
-            else:
-                self.counters.negatives += 1
+    def _learn_sample(self, user: str, tags: Sequence[str], label: bool, weight: float) -> None:
+        self.classifier.learn_user_tags(user, tags, label, weight)
+        if label:
+            self.counters.positives += len(tags)
+        else:
+            self.counters.negatives += len(tags)
 
     def _flush_impressions(self, before: float, limit: int | None = None) -> set[str]:
         touched: set[str] = set()

@@ -221,3 +221,17 @@ def test_proba_many_matches_predict_proba_one(params: dict[str, Any]) -> None:
     users, tags = zip(*pairs, strict=True)
     expected = [clf.predict_proba_one({"user": u, "tag": t})[True] for u, t in pairs]
     assert clf.proba_many(list(users), list(tags)) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("params", CLASSIFIERS, ids=str)
+def test_learn_user_tags_equals_learn_one_per_tag(params: dict[str, Any]) -> None:
+    a, b = UserTagClassifier(seed=3, **params), UserTagClassifier(seed=3, **params)
+    for i in range(20):
+        tags = ["shoes", "red"] if i % 2 else ["pots"]
+        a.learn_user_tags(f"u{i % 3}", tags, i % 4 != 0, 2.0)
+        for tag in tags:
+            b.learn_one({"user": f"u{i % 3}", "tag": tag}, i % 4 != 0, w=2.0)
+    for u in ("u0", "u1", "u9"):
+        for t in ("shoes", "pots", "x"):
+            x = {"user": u, "tag": t}
+            assert a.predict_proba_one(x)[True] == pytest.approx(b.predict_proba_one(x)[True], abs=1e-12)
