@@ -65,7 +65,9 @@ def serve_cmd() -> None:
     from shared.settings import Settings
 
     ls = LearnerSettings()
-    view = CheckpointView(PostgresCheckpoints(Settings().database_url, ls.name))
+    repo = PostgresCheckpoints(Settings().database_url, ls.name)
+    repo.migrate()
+    view = CheckpointView(repo)
     view.refresh()
     view.run_refresher(threading.Event(), ls.refresh_interval_s)
     _serve_http(create_app(view, ls.api_token.get_secret_value()), ls.http_host, ls.http_port)
