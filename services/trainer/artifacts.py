@@ -67,9 +67,7 @@ def latest_version(repository: Path, model_name: str) -> int | None:
     model_dir = Path(repository) / model_name
     if not model_dir.is_dir():
         return None
-    versions = [
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MODEL_CARD_FILE).is_file()
-    ]
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MODEL_CARD_FILE).is_file()]
     return max(versions, default=None)
 
 

@@ -37,9 +37,7 @@ class TfidfSvmBaseline:
 
     def decision_function(self, texts: Sequence[str]) -> np.ndarray:
         x = self.vectorizer.transform(texts)
-        cols = [
-            np.full(x.shape[0], m) if isinstance(m, float) else m.decision_function(x) for m in self.models
-        ]
+        cols = [np.full(x.shape[0], m) if isinstance(m, float) else m.decision_function(x) for m in self.models]
         return np.stack(cols, axis=1) if cols else np.zeros((x.shape[0], 0))
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:

@@ -34,9 +34,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
     def train_cmd(
         data: Annotated[Path | None, typer.Option(help="Data dir (flipkart) or CSV/JSONL file.")] = None,
         format: Annotated[str, typer.Option("--format", help="flipkart | csv | jsonl")] = "flipkart",
-        out: Annotated[
-            Path, typer.Option(help="Run directory (checkpoint, calibration, metrics).")
-        ] = DEFAULT_RUN,
+        out: Annotated[Path, typer.Option(help="Run directory (checkpoint, calibration, metrics).")] = DEFAULT_RUN,
         epochs: int = 3,
         batch_size: int = 32,
         max_length: int = 64,
@@ -74,17 +72,15 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         run_dir = train(config, resume=resume)
         result = evaluate_run(run_dir)
         if export:
-            version_dir = export_run(
-                run_dir, repository or settings.triton_model_repository, settings.triton.tag_model
-            )
+            version_dir = export_run(run_dir, repository or settings.triton_model_repository, settings.triton.tag_model)
             result["exported"] = str(version_dir)
         _print(result, json_out)
 
     @app.command("export")
     def export_cmd(
-        run: Annotated[
-            Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")
-        ] = (DEFAULT_RUN),
+        run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = (
+            DEFAULT_RUN
+        ),
         repository: Annotated[Path | None, typer.Option(help="Triton model repository.")] = None,
         format: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
     ) -> None:
@@ -103,9 +99,9 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
 
     @eval_app.command("tags")
     def eval_tags_cmd(
-        run: Annotated[
-            Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")
-        ] = (DEFAULT_RUN),
+        run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = (
+            DEFAULT_RUN
+        ),
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Tag model vs TF-IDF + linear SVM baseline on the run's leak-free test split."""
@@ -128,9 +124,9 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
 
     @bench_app.command("tag-runtime")
     def bench_runtime_cmd(
-        run: Annotated[
-            Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")
-        ] = (DEFAULT_RUN),
+        run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = (
+            DEFAULT_RUN
+        ),
         n_texts: int = 512,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:

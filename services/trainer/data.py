@@ -76,9 +76,7 @@ def read_csv(
             )
             text = _join_text(row.get(f, "") for f in text_fields)
             if text:
-                yield Record(
-                    id=row.get(id_field) or str(i), text=text, labels=labels, has_attributes=has_attr
-                )
+                yield Record(id=row.get(id_field) or str(i), text=text, labels=labels, has_attributes=has_attr)
 
 
 def read_jsonl(path: Path, text_fields: Sequence[str] = ("title", "description")) -> Iterator[Record]:

@@ -27,9 +27,7 @@ def prf(y: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> dict
     recall = tp.sum() / max(tp.sum() + fn.sum(), 1.0)
     micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1.0)
     active = (tp + fp + fn) > 0
-    macro = (
-        float(np.mean(2 * tp[active] / (2 * tp[active] + fp[active] + fn[active]))) if active.any() else 0.0
-    )
+    macro = float(np.mean(2 * tp[active] / (2 * tp[active] + fp[active] + fn[active]))) if active.any() else 0.0
     return {
         "micro_f1": round(float(micro), 4),
         "macro_f1": round(macro, 4),
@@ -38,9 +36,7 @@ def prf(y: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> dict
     }
 
 
-def tag_metrics(
-    y: np.ndarray, pred: np.ndarray, mask: np.ndarray, vocab: Sequence[VocabEntry]
-) -> dict[str, Any]:
+def tag_metrics(y: np.ndarray, pred: np.ndarray, mask: np.ndarray, vocab: Sequence[VocabEntry]) -> dict[str, Any]:
     """Category metrics (headline), per category level, attribute metrics and coverage."""
     is_cat = np.array([v.kind == TagKind.CATEGORY for v in vocab], dtype=bool)
     levels = np.array([v.level for v in vocab])

@@ -93,9 +93,7 @@ def next_version(repository: Path, model_name: str) -> int:
 
 
 def _dummy_inputs(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tokenizer(
-        ["red cotton shirt for men", "steel water bottle 1 litre"], padding=True, return_tensors="pt"
-    )
+    enc = tokenizer(["red cotton shirt for men", "steel water bottle 1 litre"], padding=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
 
 

@@ -197,9 +197,7 @@ def build_vocabulary(
         tid = attribute_tag_id(key, value)
         if n >= min_attribute_count and tid not in seen:
             seen.add(tid)
-            vocab.append(
-                VocabEntry(tag_id=tid, name=f"{key}: {value}", kind=TagKind.ATTRIBUTE, level=0, support=n)
-            )
+            vocab.append(VocabEntry(tag_id=tid, name=f"{key}: {value}", kind=TagKind.ATTRIBUTE, level=0, support=n))
     vocab.sort(key=lambda v: (v.kind != TagKind.CATEGORY, v.level, v.tag_id))
     return vocab
 

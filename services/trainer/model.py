@@ -42,9 +42,7 @@ class TagModel(nn.Module):
         # Unit-norm inputs give tiny logits with a default init; scale lets them reach useful range fast.
         self.scale = nn.Parameter(torch.tensor(10.0))
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         emb = l2_normalize(mean_pool(hidden, attention_mask))
         return self.head(emb) * self.scale, emb
@@ -58,8 +56,6 @@ class ServingModel(nn.Module):
         self.model = model
         self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, emb = self.model(input_ids, attention_mask)
         return torch.sigmoid(logits * self.inv_temperature), emb

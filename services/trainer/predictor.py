@@ -33,9 +33,7 @@ class ZeroShotTags:
     scale: float = 20.0
 
     @classmethod
-    def from_card(
-        cls, card: ModelCard, entries: Sequence[VocabEntry], embeddings: np.ndarray
-    ) -> ZeroShotTags:
+    def from_card(cls, card: ModelCard, entries: Sequence[VocabEntry], embeddings: np.ndarray) -> ZeroShotTags:
         """Cold-start tags with the zero-shot calibration fitted for the model version ``card``."""
         return cls(tuple(entries), np.asarray(embeddings), card.zero_shot_threshold, card.zero_shot_scale)
 
@@ -51,9 +49,7 @@ def parent_index(vocab: Sequence[VocabEntry]) -> np.ndarray:
     return np.array([index.get(v.parent, -1) if v.parent else -1 for v in vocab], dtype=np.int64)
 
 
-def close_hierarchy(
-    pred: np.ndarray, scores: np.ndarray, parents: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def close_hierarchy(pred: np.ndarray, scores: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Add every ancestor of a predicted tag; an ancestor's score is at least its best descendant's.
 
     Parameters
@@ -102,9 +98,7 @@ def decide(probs: np.ndarray, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
 def _allowed_handles(entries: Sequence[VocabEntry], picked: Sequence[tuple[int, float]]) -> set[str] | None:
     """Attribute handles allowed by the deepest predicted category that maps to the taxonomy."""
     mapped = [
-        (entries[j].level, s, entries[j].tag_id, j)
-        for j, s in picked
-        if entries[j].allowed_attributes is not None
+        (entries[j].level, s, entries[j].tag_id, j) for j, s in picked if entries[j].allowed_attributes is not None
     ]
     if not mapped:
         return None
@@ -152,9 +146,7 @@ def tags_from_probs(
     """
     probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
     if probs.shape[1] != len(card.vocabulary):
-        raise ValueError(
-            f"probs has {probs.shape[1]} columns, the card's vocabulary {len(card.vocabulary)} tags"
-        )
+        raise ValueError(f"probs has {probs.shape[1]} columns, the card's vocabulary {len(card.vocabulary)} tags")
     entries: list[VocabEntry] = list(card.vocabulary)
     scores = probs
     pred = probs >= np.asarray(card.thresholds, dtype=np.float64)

@@ -45,9 +45,7 @@ def evaluate_run(out: Path, write: bool = True) -> dict[str, Any]:
     y, mask = prep.y[test], prep.mask[test]
     ours = tag_metrics(y, pred, mask, vocab)
 
-    baseline = TfidfSvmBaseline(seed=config.seed).fit(
-        [texts[i] for i in train], prep.y[train], prep.mask[train]
-    )
+    baseline = TfidfSvmBaseline(seed=config.seed).fit([texts[i] for i in train], prep.y[train], prep.mask[train])
     margins = baseline.decision_function([texts[i] for i in test])
     # Same output contract as the model: a predicted category implies its ancestors.
     base_pred, _ = close_hierarchy(margins > 0, margins, parent_index(vocab))

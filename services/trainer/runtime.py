@@ -63,9 +63,7 @@ class TagModelRuntime:
 
             if device.startswith("cuda") and not torch.cuda.is_available():
                 self.device = "cpu"
-            self._module: Any = torch.jit.load(
-                str(self.version_dir / TORCHSCRIPT_FILE), map_location=self.device
-            )
+            self._module: Any = torch.jit.load(str(self.version_dir / TORCHSCRIPT_FILE), map_location=self.device)
             self._module.eval()
 
     def infer(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:
@@ -84,9 +82,7 @@ class TagModelRuntime:
         return {"PROBS": probs, "EMBEDDING": embs}
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-        )
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         ids = enc["input_ids"].astype(np.int64)
         att = enc["attention_mask"].astype(np.int64)
         if self.format == "onnx":
@@ -129,10 +125,7 @@ class TritonTagModel:
             try:
                 if tensor is None:
                     raise ValueError("missing input TEXT")
-                values = [
-                    v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                    for v in tensor.as_numpy().reshape(-1)
-                ]
+                values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
             except (ValueError, UnicodeDecodeError) as exc:
                 err = pb.TritonError(f"bad TEXT: {exc}", pb.TritonError.INVALID_ARG)
                 responses[r] = pb.InferenceResponse(error=err)

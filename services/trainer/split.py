@@ -33,9 +33,7 @@ def _unit_hash(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def group_split(
-    records: Sequence[Record], val_frac: float = 0.1, test_frac: float = 0.2, seed: int = 0
-) -> Split:
+def group_split(records: Sequence[Record], val_frac: float = 0.1, test_frac: float = 0.2, seed: int = 0) -> Split:
     """Indices of train/val/test, assigned per normalised title by a seeded hash.
 
     Hashing (rather than shuffling) makes a listing's side independent of the other records

@@ -103,9 +103,7 @@ def tune_thresholds(
     return np.floor(np.clip(out, min_threshold, 1.0) * 1e6) / 1e6
 
 
-def fit_zero_shot(
-    similarities: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None
-) -> tuple[float, float]:
+def fit_zero_shot(similarities: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
     """Calibrate zero-shot scores: ``P(tag) = sigmoid(scale * (cosine - threshold))``.
 
     Fitted by one-feature logistic regression on the validation listings against the tags the model

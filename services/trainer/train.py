@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
     # Exact duplicate listings (same text and labels; the Flipkart file has thousands) add no
     # information, only weight and time: train on one copy of each.
     dedupe: bool = True
+    # Stage 2: full-batch steps refitting the linear head on the fine-tuned (then frozen)
+    # embeddings; cheap, and lets rare tags converge where a few encoder epochs cannot.
+    head_refit_steps: int = 300
+    head_refit_lr: float = 1e-2
 
 
 @dataclass
@@ -120,9 +124,7 @@ def _batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _collate(
-    encoded: Sequence[list[int]], idx: Sequence[int], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(encoded: Sequence[list[int]], idx: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(encoded[i]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     att = torch.zeros((len(idx), width), dtype=torch.long)
@@ -282,9 +284,29 @@ def train(
         if bar is not None:
             bar.close()
 
+    if config.head_refit_steps > 0:
+        emb = predict(model, tokenizer, [texts[i] for i in train_idx], config.max_length)[1]
+        refit_head(model, emb, prep.y[train_idx], prep.mask[train_idx], config)
     torch.save(model.state_dict(), out / MODEL_FILE)
     calibrate(model, tokenizer, prep, config, out)
     return out
+
+
+def refit_head(model: TagModel, embeddings: np.ndarray, y: np.ndarray, mask: np.ndarray, config: TrainConfig) -> None:
+    """Retrain the head (weights, bias, scale) on fixed embeddings with full-batch AdamW; seeded."""
+    torch.manual_seed(config.seed)
+    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+    yt, mt = torch.from_numpy(y), torch.from_numpy(mask)
+    params = [model.head.weight, model.head.bias, model.scale]
+    opt = torch.optim.AdamW(params, lr=config.head_refit_lr, weight_decay=config.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
+    with torch.enable_grad():
+        for _ in range(config.head_refit_steps):
+            logits = model.head(x) * model.scale
+            loss = (loss_fn(logits, yt) * mt).sum() / len(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
 
 def tag_texts(vocab: Sequence[VocabEntry]) -> list[str]:
@@ -300,9 +322,7 @@ def tag_texts(vocab: Sequence[VocabEntry]) -> list[str]:
     return texts
 
 
-def calibrate(
-    model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfig, out: Path
-) -> dict[str, Any]:
+def calibrate(model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfig, out: Path) -> dict[str, Any]:
     """Fit the temperature, per-tag thresholds and zero-shot calibration on the validation split.
 
     Writes ``calibration.json``; deterministic for a given model and data.
