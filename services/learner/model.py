@@ -275,12 +275,20 @@ class UserTagClassifier(base.Classifier):
         if not isinstance(m, HashedLogisticRegression) or self._featurize is not lr_features:
             return [self.predict_proba_one({"user": u, "tag": t})[True] for u, t in zip(users, tags, strict=True)]
         out = []
+        # Top-k asks for one user × many tags (or the reverse): read each single weight once.
+        tag_w: dict[str, float] = {}
+        user_w: dict[str, float] = {}
+        weights, n, seed, crc32 = m.weights, m.n_features, m.seed, zlib.crc32
         for user, tag in zip(users, tags, strict=True):
             z = m.intercept
             if tag in self.tags:
-                z += m.weight(f"tag={tag}")
+                if tag not in tag_w:
+                    tag_w[tag] = m.weight(f"tag={tag}")
+                z += tag_w[tag]
                 if user in self.users:
-                    z += m.weight(f"user={user}") + m.weight(f"user×tag={user}|{tag}")
+                    if user not in user_w:
+                        user_w[user] = m.weight(f"user={user}")
+                    z += user_w[user] + weights.get(crc32(f"user×tag={user}|{tag}".encode(), seed) % n, 0.0)
             out.append(sigmoid(z))
         return out
 

@@ -37,7 +37,7 @@ class LearnerSettings(BaseSettings):
     # user-affinity publishing: at most once per user per interval, and a global rate
     top_k: int = 10
     publish_min_interval_s: float = 5.0
-    publish_max_per_s: float = 20.0  # also bounds the CPU spent on top-k instead of learning
+    publish_max_per_s: float = 10.0  # also bounds the CPU spent on top-k instead of learning
     # HTTP API
     # Bearer token of the API; TAGLOOP_API_TOKEN (shared by the services) is accepted too.
     api_token: SecretStr = Field(
