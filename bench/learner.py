@@ -107,6 +107,7 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
             stop.set()
 
     checkpoints: list[tuple[float, int]] = []
+    cpu0 = time.process_time()
     run(
         settings,
         ls,
@@ -124,6 +125,7 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
                 "seconds": time.perf_counter() - t0,
                 "checkpoints": checkpoints,
                 "series": series,
+                "cpu_s": time.process_time() - cpu0,
             }
         )
     )
@@ -194,6 +196,11 @@ def lag_at_rate(
         "lag_max_s": round(max(lags), 3) if lags else None,
         "batches": len(lags),
         "checkpoints_written": len(result["checkpoints"]),
+        # CPU the learner process used (all its threads): events per CPU-second says what
+        # one dedicated core sustains, whatever else the machine was running.
+        "learner_cpu_s": round(result["cpu_s"], 2),
+        "learner_wall_s": round(result["seconds"], 2),
+        "learner_events_per_cpu_s": round(result["learned"] / max(result["cpu_s"], 1e-9)),
         "checkpoint_times": result["checkpoints"],
         "series": result["series"] if debug else None,
     }
