@@ -11,6 +11,7 @@ from services.feedback import cli as feedback_cli
 from services.learner import cli as learner_cli
 from services.replay import cli as replay_cli
 from services.simulator import cli as simulator_cli
+from services.tagger import bench_cli as tagger_bench_cli
 from services.tagger import cli as tagger_cli
 from services.trainer import cli as trainer_cli
 from shared.settings import Settings
@@ -27,7 +28,7 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
-for service_cli in (trainer_cli, feedback_cli, learner_cli, tagger_cli, simulator_cli, replay_cli):
+for service_cli in (trainer_cli, feedback_cli, learner_cli, tagger_cli, tagger_bench_cli, simulator_cli, replay_cli):
     service_cli.register(app, eval_app=eval_app, bench_app=bench_app)
 
 
