@@ -234,7 +234,7 @@ def evaluate_affinity(
             sums[f"{name}_ndcg"] += ndcg_at_k(ranked, rel)
         sums["oracle_recall"] += min(len(rel), K) / len(rel)
     n = max(len(users), 1)
-    result = {
+    result: dict[str, Any] = {
         "model": model.name,
         "recall_at_10": sums["learner_recall"] / n,
         "ndcg_at_10": sums["learner_ndcg"] / n,
@@ -259,7 +259,9 @@ def evaluate_affinity(
         "updates_per_s": round((model.counters.positives + model.counters.negatives) / max(t_learned - t_tagged, 1e-9)),
         "counters": model.counters.as_dict(),
     }
-    result["recall_vs_popularity"] = result["recall_at_10"] / max(result["popularity_recall_at_10"], 1e-12)
+    result["recall_vs_popularity"] = float(result["recall_at_10"]) / max(
+        float(result["popularity_recall_at_10"]), 1e-12
+    )
     return result
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +104,7 @@ class HashedLogisticRegression(base.Classifier):
         self.intercept = 0.0
 
     @classmethod
-    def _unit_test_params(cls) -> Iterable[dict[str, Any]]:
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {}
 
     def _indices(self, x: dict[str, Any]) -> list[tuple[int, float]]:
@@ -121,7 +121,7 @@ class HashedLogisticRegression(base.Classifier):
         """Bucket of a feature name."""
         return zlib.crc32(name.encode(), self.seed) % self.n_features
 
-    def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:
+    def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:  # type: ignore[override]
         self.learn_indexed(self._indices(x), y, w)
 
     def learn_indexed(self, indexed: list[tuple[int, float]], y: base.typing.ClfTarget, w: float = 1.0) -> None:
@@ -140,7 +140,7 @@ class HashedLogisticRegression(base.Classifier):
                 weights[i] = old - lr * grad
         self.intercept -= self.intercept_lr * g
 
-    def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
+    def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:  # type: ignore[override]
         p = self._proba(self._indices(x))
         return {False: 1.0 - p, True: p}
 
@@ -192,11 +192,11 @@ class UserTagClassifier(base.Classifier):
         self.n_hash_features = n_hash_features
         self.seed = seed
         self._featurize = featurizer(kind)
-        self.model = self._build()
+        self.model: Any = self._build()
         self.users: set[str] = set()
         self.tags: set[str] = set()
 
-    def _build(self) -> base.Classifier:
+    def _build(self) -> Any:  # a river classifier or pipeline
         if self.kind == "lr":
             return HashedLogisticRegression(
                 n_features=self.n_hash_features,
@@ -226,7 +226,7 @@ class UserTagClassifier(base.Classifier):
         )
 
     @classmethod
-    def _unit_test_params(cls) -> Iterable[dict[str, Any]]:
+    def _unit_test_params(cls) -> Iterator[dict[str, Any]]:
         yield {"kind": "lr"}
         yield {"kind": "lr-river"}
         yield {"kind": "fm"}
@@ -240,13 +240,13 @@ class UserTagClassifier(base.Classifier):
             return tag_only_features(tag)
         return {}
 
-    def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:
+    def learn_one(self, x: dict[str, Any], y: base.typing.ClfTarget, w: float = 1.0) -> None:  # type: ignore[override]
         user, tag = str(x["user"]), str(x["tag"])
         self.model.learn_one(self._featurize(user, tag), bool(y), w=w)
         self.users.add(user)
         self.tags.add(tag)
 
-    def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
+    def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:  # type: ignore[override]
         p = float(self.model.predict_proba_one(self.features(x)).get(True, 0.5))
         return {False: 1.0 - p, True: p}
 
