@@ -144,6 +144,29 @@ class HashedLogisticRegression(base.Classifier):
         p = self._proba(self._indices(x))
         return {False: 1.0 - p, True: p}
 
+    def learn_unit(self, indices: tuple[int, ...], y: bool, w: float = 1.0) -> None:
+        """``learn_indexed`` for features of value 1 (the learner's hot path, kept lean)."""
+        weights = self.weights
+        z = self.intercept
+        for i in indices:
+            z += weights.get(i, 0.0)
+        g = (sigmoid(z) - (1.0 if y else 0.0)) * w
+        g = max(-self.clip, min(self.clip, g))
+        lr, l2 = self.learning_rate, self.l2
+        if self.adagrad:
+            sq = self.sq_grads
+            for i in indices:
+                old = weights.get(i, 0.0)
+                grad = g + l2 * old
+                acc = sq.get(i, 0.0) + grad * grad
+                sq[i] = acc
+                weights[i] = old - lr * grad / math.sqrt(acc + 1e-8)
+        else:
+            for i in indices:
+                old = weights.get(i, 0.0)
+                weights[i] = old - lr * (g + l2 * old)
+        self.intercept -= self.intercept_lr * g
+
 
 class UserTagClassifier(base.Classifier):
     """P(engagement | user, tag) as a river classifier on ``{"user": str, "tag": str}``.
@@ -259,9 +282,7 @@ class UserTagClassifier(base.Classifier):
             return
         user_index = m.index(f"user={user}")
         for tag in tags:
-            m.learn_indexed(
-                [(user_index, 1.0), (m.index(f"tag={tag}"), 1.0), (m.index(f"user×tag={user}|{tag}"), 1.0)], y, w
-            )
+            m.learn_unit((user_index, m.index(f"tag={tag}"), m.index(f"user×tag={user}|{tag}")), y, w)
             self.tags.add(tag)
         self.users.add(user)
 
