@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
     format: Format = "flipkart"
     out: Path = Path("artifacts/tag_model")
     taxonomy: Path | None = Path("../shared/data/shopify-taxonomy")
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 32
     max_length: int = 64
     limit: int | None = None
