@@ -21,9 +21,7 @@ T = TypeVar("T")
 def tag_event(listing: str, tags: Iterable[str]) -> TagEvent:
     return TagEvent(
         listing_id=listing,
-        tags=[
-            Tag(tag_id=t, name=t, kind=TagKind.CATEGORY, score=0.9, source=TagSource.ZERO_SHOT) for t in tags
-        ],
+        tags=[Tag(tag_id=t, name=t, kind=TagKind.CATEGORY, score=0.9, source=TagSource.ZERO_SHOT) for t in tags],
         model_name="test",
         model_version="1",
         source_event_id=f"src-{listing}",
@@ -31,9 +29,7 @@ def tag_event(listing: str, tags: Iterable[str]) -> TagEvent:
 
 
 def feedback(i: int, user: str, listing: str, kind: FeedbackType = FeedbackType.CLICK) -> FeedbackEvent:
-    return FeedbackEvent(
-        event_id=f"ev-{i}", user_id=user, listing_id=listing, type=kind, ts=T0 + timedelta(seconds=i)
-    )
+    return FeedbackEvent(event_id=f"ev-{i}", user_id=user, listing_id=listing, type=kind, ts=T0 + timedelta(seconds=i))
 
 
 def produce(settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
@@ -60,9 +56,7 @@ def produce_feedback(settings: Settings, events: Iterable[FeedbackEvent]) -> int
     return produce(settings, settings.topics.feedback, ((e.user_id.encode(), encode(e)) for e in events))
 
 
-def read_all(
-    settings: Settings, topic: str, expect: int, timeout_s: float = 30.0
-) -> list[tuple[bytes | None, bytes]]:
+def read_all(settings: Settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
     """Every record of ``topic`` from the beginning, waiting until at least ``expect`` arrived."""
     consumer = Consumer(consumer_config(settings.kafka, f"reader-{topic}-{time.monotonic_ns()}"))
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
