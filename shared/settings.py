@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -72,6 +72,35 @@ class TritonSettings(BaseModel):
     timeout_s: float = 30.0
 
 
+class LearnerSettings(BaseModel):
+    """The online learner, its API and its user-affinity publisher (``TAGLOOP_LEARNER__*``)."""
+
+    name: str = "default"  # checkpoints and the consumer group are per learner name
+    model: Literal["lr", "lr-river", "fm"] = "lr"
+    # Chosen by `tagloop eval affinity` (docs/results/learner.md): AdaGrad lets one user's rare
+    # user×tag crosses move fast while popular tags settle.
+    learning_rate: float = 1.0
+    adagrad: bool = True
+    # A checkpoint pickles the whole model: at ~10k events/s, every 50k events (or 10 s) is plenty.
+    checkpoint_every: int = 50_000  # events between checkpoints ...
+    checkpoint_interval_s: float = 10.0  # ... or seconds, whichever comes first
+    checkpoints_kept: int = 3
+    # Snapshot by fork (copy-on-write): the loop pauses ~20 ms instead of a full pickle.
+    fork_checkpoints: bool = True
+    impression_window_s: float = 1800.0
+    dedup_window: int = 200_000
+    poll_batch: int = 1000
+    # user-affinity publishing: at most once per user per interval, and a global rate
+    top_k: int = 10
+    publish_min_interval_s: float = 5.0
+    publish_max_per_s: float = 10.0  # also bounds the CPU spent on top-k instead of learning
+    # Bearer token of the API; empty falls back to the services' shared TAGLOOP_API_TOKEN.
+    api_token: SecretStr = SecretStr("")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8090
+    refresh_interval_s: float = 2.0  # how often `serve` looks for a newer checkpoint
+
+
 class Settings(BaseSettings):
     """All configuration of every tagloop service."""
 
@@ -86,6 +115,15 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=default_state_dir)
     data_dir: Path = Path("../shared/data")
     triton_model_repository: Path = Path("triton_models")
+    # Bearer token shared by the services' HTTP APIs (a service's own token wins).
+    api_token: SecretStr = SecretStr("")
+    learner: LearnerSettings = Field(default_factory=LearnerSettings)
+
+    @model_validator(mode="after")
+    def _shared_api_token(self) -> Settings:
+        if not self.learner.api_token.get_secret_value() and self.api_token.get_secret_value():
+            self.learner = self.learner.model_copy(update={"api_token": self.api_token})
+        return self
 
     @classmethod
     def settings_customise_sources(

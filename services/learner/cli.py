@@ -42,11 +42,11 @@ def run_cmd(
 
     from services.learner.api import LockedView, create_app
     from services.learner.main import ModelLock, run
-    from services.learner.settings import LearnerSettings
     from shared.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    ls = LearnerSettings()
+    settings = Settings()
+    ls = settings.learner
     stop = threading.Event()
     shared = ModelLock()
     if serve:
@@ -54,17 +54,16 @@ def run_cmd(
         threading.Thread(target=_serve_http, args=(app, ls.http_host, ls.http_port), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run(Settings(), ls, stop, shared)
+    run(settings, ls, stop, shared)
 
 
 def serve_cmd() -> None:
     """Serve the API over the learner's latest checkpoint (reloaded when a newer one is saved)."""
     from services.learner.api import CheckpointView, create_app
     from services.learner.checkpoint import PostgresCheckpoints
-    from services.learner.settings import LearnerSettings
     from shared.settings import Settings
 
-    ls = LearnerSettings()
+    ls = Settings().learner
     repo = PostgresCheckpoints(Settings().database_url, ls.name)
     repo.migrate()
     view = CheckpointView(repo)
@@ -95,11 +94,10 @@ def eval_affinity_cmd(
 ) -> None:
     """Recall@10 / NDCG@10 of the learner vs popularity and per-user frequency on Online Retail."""
     from services.learner.evaluate import evaluate_affinity, zero_shot_tag_fn
-    from services.learner.settings import LearnerSettings
     from shared.settings import Settings
 
     settings = Settings()
-    ls = LearnerSettings()
+    ls = Settings().learner
     root = (data_dir or settings.data_dir).resolve()
     tag_fn = zero_shot_tag_fn(root, cache_dir=settings.state_dir / "cache" / "learner")
     result = evaluate_affinity(

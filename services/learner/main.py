@@ -144,8 +144,9 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ls = LearnerSettings()
-    final = run(Settings(), ls, stop, on_checkpoint=lambda cp_id, stats: log.info("checkpoint %s %s", cp_id, stats))
+    settings = Settings()
+    final = run(settings, settings.learner, stop,
+                on_checkpoint=lambda cp_id, stats: log.info("checkpoint %s %s", cp_id, stats))
     log.info("stopped at checkpoint %s", final.id)
 
 

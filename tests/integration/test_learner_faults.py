@@ -39,9 +39,9 @@ def learner_env(settings: Settings, name: str, tmp: Path) -> dict[str, str]:
         "TAGLOOP_TOPICS__FEEDBACK": t.feedback,
         "TAGLOOP_TOPICS__DEAD_LETTER": t.dead_letter,
         "TAGLOOP_TOPICS__USER_AFFINITY": t.user_affinity,
-        "TAGLOOP_LEARNER_NAME": name,
-        "TAGLOOP_LEARNER_CHECKPOINT_EVERY": "1000",
-        "TAGLOOP_LEARNER_CHECKPOINT_INTERVAL_S": "1.0",
+        "TAGLOOP_LEARNER__NAME": name,
+        "TAGLOOP_LEARNER__CHECKPOINT_EVERY": "1000",
+        "TAGLOOP_LEARNER__CHECKPOINT_INTERVAL_S": "1.0",
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -10,6 +10,7 @@ from services.learner.evaluate import Purchase, feedback_stream, leaf_tags, ndcg
 from services.learner.publisher import RateLimiter
 from services.learner.settings import LearnerSettings
 from shared.events import FeedbackType
+from shared.settings import Settings
 
 
 class Clock:
@@ -75,10 +76,10 @@ def test_split_by_time_and_stream() -> None:
 
 def test_settings_read_env_and_shared_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAGLOOP_API_TOKEN", "shared")
-    monkeypatch.setenv("TAGLOOP_LEARNER_CHECKPOINT_EVERY", "123")
-    s = LearnerSettings()
+    monkeypatch.setenv("TAGLOOP_LEARNER__CHECKPOINT_EVERY", "123")
+    s = Settings().learner
     assert s.api_token.get_secret_value() == "shared" and s.checkpoint_every == 123
     assert "shared" not in repr(s)
-    monkeypatch.setenv("TAGLOOP_LEARNER_API_TOKEN", "own")
-    assert LearnerSettings().api_token.get_secret_value() == "own"
+    monkeypatch.setenv("TAGLOOP_LEARNER__API_TOKEN", "own")
+    assert Settings().learner.api_token.get_secret_value() == "own"
     assert LearnerSettings(api_token="init").api_token.get_secret_value() == "init"
