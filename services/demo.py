@@ -19,7 +19,7 @@ from services.tagger.main import serve
 from services.tagger.pipeline import TaggerOptions
 from shared.devstack import stack
 from shared.devstack.process import StackError
-from shared.events import DeadLetter, TagEvent, decode
+from shared.events import DeadLetter, TagEvent, TagKind, decode
 from shared.kafka import consumer_config, create_all_topics
 from shared.settings import Settings
 
@@ -45,6 +45,18 @@ def run_demo(limit: int = 200, keep: bool = False, timeout_s: float = 600) -> in
         if not keep:
             stack.down(base.state_dir)
             console.print("local stack stopped")
+
+
+def headline(event: TagEvent) -> str:
+    """The most specific category tag (else the best tag) of an event, for one line of output."""
+    if not event.tags:
+        return "(no confident tag)"
+    categories = [t for t in event.tags if t.kind == TagKind.CATEGORY]
+    # Tags are closed under the hierarchy: the deepest category has the most ancestors present,
+    # and ancestors' ids are prefixes of their descendants' ids in every vocabulary we produce.
+    best = max(categories or event.tags,
+               key=lambda t: (sum(t.tag_id.startswith(o.tag_id) for o in categories), t.score))
+    return f"{best.name} ({best.score:.2f}, {best.source})"
 
 
 def _stream_and_show(console: Console, settings: Settings, limit: int, timeout_s: float) -> int:
@@ -78,8 +90,7 @@ def _stream_and_show(console: Console, settings: Settings, limit: int, timeout_s
             if event.listing_id in seen:
                 continue
             seen.add(event.listing_id)
-            deepest = max(event.tags, key=lambda t: (t.name.count(">"), t.score))
-            line = f"{deepest.name} ({deepest.score:.2f})"
+            line = headline(event)
             title = titles.get(event.listing_id, event.listing_id)[:60]
             console.print(f"[green]{len(seen):4d}[/] {title:60} → {line}")
             if len(table.rows) < 15:

@@ -87,13 +87,9 @@ def drop_database(server_url: str, dbname: str) -> None:
 
 def models_to_load(repository: Path, tag_model: str) -> list[str]:
     """The encoder always; the trained tag model when a version of it exists."""
-    models = [ENCODER_MODEL]
-    tag_dir = repository / tag_model
-    if (tag_dir / "config.pbtxt").exists() and any(
-        p.is_dir() and p.name.isdigit() for p in tag_dir.iterdir()
-    ):
-        models.append(tag_model)
-    return models
+    from services.trainer.artifacts import latest_version
+
+    return [ENCODER_MODEL] + ([tag_model] if latest_version(repository, tag_model) is not None else [])
 
 
 def up(
