@@ -50,7 +50,7 @@ from shared.db import apply_migrations, async_pool
 from shared.devstack import broker, stack
 from shared.events import FeedbackEvent, TagEvent, decode, encode
 from shared.kafka import create_topics, topic_specs
-from shared.settings import Settings, TopicSettings
+from shared.settings import Settings
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -160,14 +160,7 @@ def _end_to_end(
     worker = None
     try:
         apply_migrations(url, MIGRATIONS)
-        topics = TopicSettings(
-            listings=f"listings-{run_id}",
-            tags=f"listing-tags-{run_id}",
-            feedback=f"feedback-{run_id}",
-            dead_letter=f"dead-letter-{run_id}",
-            user_affinity=f"user-affinity-{run_id}",
-            partitions=base.topics.partitions,
-        )
+        topics = base.topics.suffixed(run_id)
         settings = base.model_copy(
             update={
                 "kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),

@@ -33,7 +33,7 @@ from services.learner.model import AffinityModel, UserTagClassifier
 from services.learner.settings import LearnerSettings
 from shared.events import FeedbackEvent, FeedbackType, Tag, TagEvent, TagKind, TagSource, encode
 from shared.kafka import create_topics, producer_config, topic_specs
-from shared.settings import Settings, TopicSettings
+from shared.settings import Settings
 
 N_USERS = 20_000
 N_LISTINGS = 5_000
@@ -227,13 +227,7 @@ def run_bench(
     server_url = settings.database_url if settings else Settings().database_url
     try:
         suffix = uuid.uuid4().hex[:8]
-        topics = TopicSettings(
-            listings=f"bl-{suffix}",
-            tags=f"bt-{suffix}",
-            feedback=f"bf-{suffix}",
-            dead_letter=f"bd-{suffix}",
-            user_affinity=f"bu-{suffix}",
-        )
+        topics = base.topics.suffixed(suffix)
         create_topics(base.kafka, topic_specs(topics))
         s = base.model_copy(update={"topics": topics})
         ls = LearnerSettings(name=f"bench-{suffix}", model=kind, impression_window_s=5.0)

@@ -63,6 +63,11 @@ class TopicSettings(BaseModel):
     partitions: int = 4
     replication_factor: int = 1
 
+    def suffixed(self, suffix: str) -> TopicSettings:
+        """The same topics under names ending in ``-suffix``: private topics for a test or benchmark."""
+        names = ("listings", "tags", "feedback", "dead_letter", "user_affinity")
+        return self.model_copy(update={n: f"{getattr(self, n)}-{suffix}" for n in names})
+
 
 class TritonSettings(BaseModel):
     http_url: str = "127.0.0.1:8000"

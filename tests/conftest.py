@@ -81,15 +81,7 @@ def base_settings(state_dir: Path, kafka_bootstrap: str, database_url: str, data
 @pytest.fixture
 def topics(base_settings: Settings) -> TopicSettings:
     """Uniquely named topics for one test, created on the real broker."""
-    suffix = uuid.uuid4().hex[:8]
-    names = TopicSettings(
-        listings=f"listings-{suffix}",
-        tags=f"listing-tags-{suffix}",
-        feedback=f"feedback-{suffix}",
-        dead_letter=f"dead-letter-{suffix}",
-        user_affinity=f"user-affinity-{suffix}",
-        partitions=base_settings.topics.partitions,
-    )
+    names = base_settings.topics.suffixed(uuid.uuid4().hex[:8])
     create_topics(base_settings.kafka, topic_specs(names))
     return names
 

@@ -80,3 +80,11 @@ def test_stack_file_is_read_but_env_wins(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert Settings().kafka.bootstrap_servers == "127.0.0.1:1111"
     monkeypatch.setenv("TAGLOOP_DATABASE_URL", "postgresql://from-env")
     assert Settings().database_url == "postgresql://from-env"
+
+
+def test_suffixed_topics_keep_partitions_and_rename_every_topic() -> None:
+    base = Settings().topics.model_copy(update={"partitions": 7})
+    t = base.suffixed("x1")
+    assert (t.listings, t.tags, t.feedback, t.dead_letter, t.user_affinity) == (
+        "listings-x1", "listing-tags-x1", "feedback-x1", "dead-letter-x1", "user-affinity-x1")
+    assert t.partitions == 7
