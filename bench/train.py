@@ -90,15 +90,18 @@ def bench_serving_formats(
     """
     out: dict[str, Any] = {"n_texts": len(texts)}
     runtimes = {fmt: TagModelRuntime(version_dir, export_format=fmt) for fmt in ("onnx", "torchscript")}
-    for fmt, rt in runtimes.items():
+    for rt in runtimes.values():
         rt.infer(texts[:8])  # warm-up: first calls compile/plan
-        for bs in batch_sizes:
-            times = []
-            for _ in range(repeats):
+    for bs in batch_sizes:
+        times: dict[str, list[float]] = {fmt: [] for fmt in runtimes}
+        # Interleave the formats so a change in machine load hits both alike.
+        for _ in range(repeats):
+            for fmt, rt in runtimes.items():
                 t = time.perf_counter()
                 rt.infer(texts, batch_size=bs)
-                times.append(time.perf_counter() - t)
-            out[f"{fmt}_ms_per_text_b{bs}"] = round(1000 * float(np.median(times)) / len(texts), 3)
+                times[fmt].append(time.perf_counter() - t)
+        for fmt, ts in times.items():
+            out[f"{fmt}_ms_per_text_b{bs}"] = round(1000 * float(np.median(ts)) / len(texts), 3)
     ref, other = runtimes["onnx"].infer(texts[:64]), runtimes["torchscript"].infer(texts[:64])
     out["max_abs_diff_probs"] = float(np.abs(ref["PROBS"] - other["PROBS"]).max())
     out["torch_threads"] = torch.get_num_threads()
