@@ -106,13 +106,9 @@ def test_eval_json_has_keys_and_baseline_on_the_same_split(run_dir: Path, eval_j
     assert 0.0 <= eval_json["coverage"] <= 1.0
 
 
-def test_export_writes_a_versioned_model_with_its_card(
-    version_dir: Path, run_dir: Path, eval_json: dict
-) -> None:
+def test_export_writes_a_versioned_model_with_its_card(version_dir: Path, run_dir: Path, eval_json: dict) -> None:
     assert version_dir.name == "1" and latest_version(version_dir.parents[1], MODEL) == 1
-    assert {"model.py", "model.onnx", "model_card.json", "tokenizer"} <= {
-        p.name for p in version_dir.iterdir()
-    }
+    assert {"model.py", "model.onnx", "model_card.json", "tokenizer"} <= {p.name for p in version_dir.iterdir()}
     assert (version_dir.parent / "config.pbtxt").is_file()
     card = load_model_card(version_dir)
     assert card.model_name == MODEL and card.version == 1 and card.export_format == "onnx"
@@ -141,9 +137,7 @@ def test_triton_outputs_equal_in_process_outputs_and_closure_holds(
     # And the exported graph computes what the trained torch model computes.
     config, _, model, calibration = load_trained(run_dir)
     logits, emb = predict(model, load_tokenizer(), texts, config.max_length)
-    np.testing.assert_allclose(
-        served["PROBS"], 1 / (1 + np.exp(-logits / calibration["temperature"])), atol=1e-4
-    )
+    np.testing.assert_allclose(served["PROBS"], 1 / (1 + np.exp(-logits / calibration["temperature"])), atol=1e-4)
     np.testing.assert_allclose(served["EMBEDDING"], emb, atol=1e-4)
 
     parents = {v.tag_id: v.parent for v in card.vocabulary}

@@ -57,9 +57,7 @@ def test_specifications_are_normalised() -> None:
 def _records() -> list[Record]:
     recs = []
     for i in range(6):
-        recs.append(
-            Record(f"a{i}", f"shorts {i}", ("Clothing > Women > Shorts > Brand X", "Fabric=Cotton"), True)
-        )
+        recs.append(Record(f"a{i}", f"shorts {i}", ("Clothing > Women > Shorts > Brand X", "Fabric=Cotton"), True))
         recs.append(Record(f"b{i}", f"watch {i}", ("Watches > Wrist Watches",), False))
     recs.append(Record("c", "rare", ("Clothing > Women > Rare",), False))
     return recs

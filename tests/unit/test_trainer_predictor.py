@@ -22,9 +22,7 @@ VOCAB = [
     VocabEntry(tag_id="cat:watches", name="Watches", kind=C, level=1),
     VocabEntry(tag_id="cat:clothing/women", name="Women", kind=C, level=2, parent="cat:clothing"),
     VocabEntry(tag_id="cat:clothing/women/tops", name="Tops", kind=C, level=3, parent="cat:clothing/women"),
-    VocabEntry(
-        tag_id="attr:fabric=cotton", name="Fabric: Cotton", kind=A, level=0, attribute_handle="fabric"
-    ),
+    VocabEntry(tag_id="attr:fabric=cotton", name="Fabric: Cotton", kind=A, level=0, attribute_handle="fabric"),
     VocabEntry(tag_id="attr:dial=round", name="Dial: Round", kind=A, level=0, attribute_handle="dial_shape"),
     VocabEntry(tag_id="attr:occasion=casual", name="Occasion: Casual", kind=A, level=0),
 ]
