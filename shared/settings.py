@@ -82,7 +82,7 @@ class LearnerSettings(BaseModel):
 
     name: str = "default"  # checkpoints and the consumer group are per learner name
     model: Literal["lr", "lr-river", "fm"] = "lr"
-    # Chosen by `tagloop eval affinity` (docs/results/learner.md): AdaGrad lets one user's rare
+    # Chosen by `tagloop eval affinity` (bench/results/learner.md): AdaGrad lets one user's rare
     # user×tag crosses move fast while popular tags settle.
     learning_rate: float = 1.0
     adagrad: bool = True
