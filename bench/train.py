@@ -20,7 +20,7 @@ from services.trainer.data import load_records
 from services.trainer.labels import build_vocabulary, label_matrix
 from services.trainer.model import TagModel, load_tokenizer
 from services.trainer.runtime import TagModelRuntime
-from services.trainer.train import TrainConfig, _batches, _collate, _optimizer, seed_everything, tokenize
+from services.trainer.train import TrainConfig, _batches, _optimizer, seed_everything, tokenize, train_step
 
 
 def _peak_rss_mb() -> float:
@@ -51,18 +51,10 @@ def bench_train_epoch(
     batches = _batches([len(e) for e in encoded], batch_size, np.random.default_rng(seed))
     opt, sched = _optimizer(model, config, len(batches))
     y, m = torch.from_numpy(y_np), torch.from_numpy(m_np)
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     for idx in batches:
-        ids, att = _collate(encoded, idx, tokenizer.pad_token_id)
-        logits, _ = model(ids, att)
-        loss = (loss_fn(logits, y[idx]) * m[idx]).sum() / len(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        train_step(model, opt, sched, encoded, idx, y, m, tokenizer.pad_token_id)
     epoch_s = time.perf_counter() - t1
     return {
         "n_listings": len(records),

@@ -134,6 +134,24 @@ def _collate(encoded: Sequence[list[int]], idx: Sequence[int], pad_id: int) -> t
     return ids, att
 
 
+def train_step(
+    model: TagModel, opt: Any, sched: Any, encoded: Sequence[list[int]], idx: Sequence[int],
+    y: torch.Tensor, m: torch.Tensor, pad_id: int,
+) -> torch.Tensor:
+    """One optimiser step on the listings ``idx``; returns the loss (masked BCE)."""
+    ids, att = _collate(encoded, idx, pad_id)
+    logits, _ = model(ids, att)
+    # Sum over tags, mean over listings: rare positives keep a useful gradient.
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="none")
+    loss = (bce * m[idx]).sum() / len(idx)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss
+
+
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text (truncated, unpadded), as the serving runtime tokenizes."""
     return list(tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
@@ -252,7 +270,6 @@ def train(
 
     y = torch.from_numpy(prep.y)
     m = torch.from_numpy(prep.mask)
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     bar = _progress_steps(total_steps, global_step, "train") if progress else None
     update = next(bar) if bar is not None else None
     try:
@@ -262,15 +279,7 @@ def train(
             model.train()
             for b in range(step_in_epoch, len(batches)):
                 idx = [train_idx[k] for k in batches[b]]
-                ids, att = _collate(encoded, idx, tokenizer.pad_token_id)
-                logits, _ = model(ids, att)
-                # Sum over tags, mean over listings: rare positives keep a useful gradient.
-                loss = (loss_fn(logits, y[idx]) * m[idx]).sum() / len(idx)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
+                loss = train_step(model, opt, sched, encoded, idx, y, m, tokenizer.pad_token_id)
                 global_step += 1
                 if update is not None:
                     update(global_step, total_steps, loss.item())
