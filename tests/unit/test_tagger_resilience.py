@@ -61,3 +61,36 @@ def test_non_retryable_error_is_raised_at_once() -> None:
         asyncio.run(call_with_retry(bad, is_retryable=lambda e: isinstance(e, Unavailable),
                                     breaker=CircuitBreaker(), ready=ready))
     assert calls["n"] == 1
+
+
+def test_invalid_request_while_triton_not_ready_is_waited_out() -> None:
+    """A Triton unloading its models answers NOT_FOUND-style errors: not the listing's fault."""
+    calls = {"n": 0}
+
+    async def unloading_then_back() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("model has no available versions")
+        return "ok"
+
+    async def not_ready() -> bool:
+        return False
+
+    result = asyncio.run(call_with_retry(unloading_then_back, is_retryable=lambda e: False,
+                                         breaker=CircuitBreaker(), ready=not_ready, backoff=Backoff(0.001, 0.002)))
+    assert result == "ok" and calls["n"] == 2
+
+
+def test_invalid_request_while_triton_ready_is_raised() -> None:
+    calls = {"n": 0}
+
+    async def invalid() -> str:
+        calls["n"] += 1
+        raise ValueError("bad input")
+
+    async def ready() -> bool:
+        return True
+
+    with pytest.raises(ValueError):
+        asyncio.run(call_with_retry(invalid, is_retryable=lambda e: False, breaker=CircuitBreaker(), ready=ready))
+    assert calls["n"] == 1
