@@ -80,17 +80,3 @@ def test_invalid_request_while_triton_not_ready_is_waited_out() -> None:
                                          breaker=CircuitBreaker(), ready=not_ready, backoff=Backoff(0.001, 0.002)))
     assert result == "ok" and calls["n"] == 2
 
-
-def test_invalid_request_while_triton_ready_is_raised() -> None:
-    calls = {"n": 0}
-
-    async def invalid() -> str:
-        calls["n"] += 1
-        raise ValueError("bad input")
-
-    async def ready() -> bool:
-        return True
-
-    with pytest.raises(ValueError):
-        asyncio.run(call_with_retry(invalid, is_retryable=lambda e: False, breaker=CircuitBreaker(), ready=ready))
-    assert calls["n"] == 1
