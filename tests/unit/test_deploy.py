@@ -22,7 +22,7 @@ def base_image(dockerfile: str) -> str:
 
 def test_compose_has_the_production_services_with_healthchecks() -> None:
     services = compose()["services"]
-    for name in ("kafka", "postgres", "triton", "tagger"):
+    for name in ("kafka", "postgres", "triton", "tagger", "feedback", "learner"):
         assert name in services, name
         assert "test" in services[name]["healthcheck"], f"{name} lacks a healthcheck"
     assert services["kafka"]["image"].startswith("apache/kafka:")
