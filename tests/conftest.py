@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from shared.devstack import broker, postgres, stack
+from shared.devstack.triton import TritonEndpoints
 from shared.kafka import create_topics, topic_specs
 from shared.settings import Settings, TopicSettings
+from tests.support import with_triton
 
 pytest_plugins = ["tests.fixtures_triton"]
 
@@ -90,3 +92,9 @@ def topics(base_settings: Settings) -> TopicSettings:
 def settings(base_settings: Settings, topics: TopicSettings) -> Settings:
     """Per-test settings: the session stack plus this test's own topics."""
     return base_settings.model_copy(update={"topics": topics})
+
+
+@pytest.fixture
+def stack_settings(settings: Settings, triton_encoder: TritonEndpoints) -> Settings:
+    """Per-test settings plus the session's real Triton (minilm_encoder loaded)."""
+    return with_triton(settings, triton_encoder)

@@ -7,12 +7,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from shared.devstack.triton import TritonEndpoints
 from shared.kafka import consumer_config, create_topics, producer_config
 from shared.settings import KafkaSettings, Settings
+
+# Taggers keep their label-embedding cache (1,646 labels, a minute of CPU inference) in the
+# state dir; a persistent one (git-ignored) lets every test session after the first skip that.
+TAGGER_STATE_DIR = Path(__file__).resolve().parents[1] / ".tagloop" / "tagger-tests"
+
+
+def with_triton(settings: Settings, endpoints: TritonEndpoints) -> Settings:
+    """The test's settings pointed at ``endpoints``, with the shared label-embedding cache."""
+    triton = settings.triton.model_copy(update={"http_url": endpoints.http_url, "grpc_url": endpoints.grpc_url})
+    TAGGER_STATE_DIR.mkdir(parents=True, exist_ok=True)
+    return settings.model_copy(update={"triton": triton, "state_dir": TAGGER_STATE_DIR})
 
 
 def read_topic(

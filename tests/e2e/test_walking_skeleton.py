@@ -22,12 +22,6 @@ MALFORMED = [
 ]
 
 
-@pytest.fixture
-def stack_settings(settings: Settings, triton_encoder) -> Settings:  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"triton": settings.triton.model_copy(
-        update={"http_url": triton_encoder.http_url, "grpc_url": triton_encoder.grpc_url})})
-
-
 def test_listings_are_tagged_end_to_end(stack_settings: Settings, data_dir) -> None:  # type: ignore[no-untyped-def]
     s = stack_settings
     records = list(flipkart_records(data_dir, 200))

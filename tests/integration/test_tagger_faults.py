@@ -39,7 +39,7 @@ from shared.devstack.triton import (
 from shared.events import DeadLetter, ListingEvent, TagEvent, decode, encode
 from shared.kafka import consumer_config, producer_config
 from shared.settings import Settings
-from tests.support import committed_offsets
+from tests.support import committed_offsets, with_triton
 
 pytestmark = pytest.mark.integration
 
@@ -48,18 +48,6 @@ ENCODER = "minilm_encoder"
 
 
 # -- helpers (shared with test_tagger_semantics) ----------------------------------------
-
-
-# Taggers keep their label-embedding cache (1,646 labels, a minute of CPU inference) in the
-# state dir; a persistent one (git-ignored) lets every test session after the first skip that.
-TAGGER_STATE_DIR = REPO_ROOT / ".tagloop" / "tagger-tests"
-
-
-def with_triton(settings: Settings, endpoints: TritonEndpoints) -> Settings:
-    """The test's settings pointed at ``endpoints``, with the shared label-embedding cache."""
-    triton = settings.triton.model_copy(update={"http_url": endpoints.http_url, "grpc_url": endpoints.grpc_url})
-    TAGGER_STATE_DIR.mkdir(parents=True, exist_ok=True)
-    return settings.model_copy(update={"triton": triton, "state_dir": TAGGER_STATE_DIR})
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
@@ -141,6 +129,9 @@ class TaggerProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.proc.name} not ready after {timeout_s}s:\n{self.log_tail()}")
             time.sleep(0.25)
+
+    def tags_produced(self) -> float:
+        return self.metrics().get("tagloop_tagger_events_produced_total{kind=tags}", 0.0)
 
     def metrics(self) -> dict[str, float]:
         """Sample name (with labels) → value, from /metrics."""
@@ -270,16 +261,7 @@ class OwnTriton:
         self.proc.stop(timeout_s=20)
 
 
-@pytest.fixture
-def stack_settings(settings: Settings, triton_encoder: TritonEndpoints) -> Settings:
-    return with_triton(settings, triton_encoder)
-
-
 # -- kill -9 --------------------------------------------------------------------------
-
-
-def _tags_produced(tagger: TaggerProcess) -> float:
-    return tagger.metrics().get("tagloop_tagger_events_produced_total{kind=tags}", 0.0)
 
 
 
@@ -298,9 +280,9 @@ def test_kill_9_mid_stream_then_restart_tags_every_listing(
         tail.wait(lambda ms: len(ms) >= 100, 300, "100 tags before the kill")
         # Aim the kill just after a batch is handed to the producer: its records are then
         # likely delivered but not yet committed, so the restart repeats them.
-        produced = _tags_produced(tagger)
+        produced = tagger.tags_produced()
         deadline = time.monotonic() + 60
-        while _tags_produced(tagger) == produced and time.monotonic() < deadline:
+        while tagger.tags_produced() == produced and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.03)
         tagger.kill()  # SIGKILL: no drain, no final commit

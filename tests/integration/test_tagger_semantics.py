@@ -18,7 +18,6 @@ import pytest
 from confluent_kafka import Message
 
 from services.simulator.listings import event_id, produce_listings
-from shared.devstack.triton import TritonEndpoints
 from shared.events import ListingEvent, ListingOp, TagEvent, decode
 from shared.settings import Settings
 from tests.integration.test_tagger_faults import (
@@ -28,23 +27,13 @@ from tests.integration.test_tagger_faults import (
     real_listings,
     tag_events,
     wait_committed,
-    with_triton,
 )
 from tests.support import InProcessTagger
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def stack_settings(settings: Settings, triton_encoder: TritonEndpoints) -> Settings:
-    return with_triton(settings, triton_encoder)
-
-
 # -- scale-out and rebalance -----------------------------------------------------------
-
-
-def _produced(tagger: TaggerProcess) -> float:
-    return tagger.metrics().get("tagloop_tagger_events_produced_total{kind=tags}", 0.0)
 
 
 @pytest.mark.slow
@@ -76,10 +65,10 @@ def test_two_taggers_join_and_leave_mid_stream_tag_each_listing_once(
         b.start()  # joins: partitions move from a to b (a drains and commits them first)
         b.wait_ready(120)
         deadline = time.monotonic() + 180
-        while _produced(b) < 20:
+        while b.tags_produced() < 20:
             assert time.monotonic() < deadline, f"the second tagger got no work:\n{b.log_tail()}"
             time.sleep(0.5)
-        b_share = _produced(b)
+        b_share = b.tags_produced()
         assert b.stop(timeout_s=60)  # leaves: SIGTERM drains, commits, then leaves the group
 
         before_rejoin = len(tail.poll(0.2))

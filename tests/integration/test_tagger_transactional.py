@@ -19,14 +19,8 @@ from tests.support import InProcessTagger, committed_offsets, read_topic, transa
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def tx_settings(settings: Settings, triton_encoder) -> Settings:  # type: ignore[no-untyped-def]
-    return settings.model_copy(update={"triton": settings.triton.model_copy(
-        update={"http_url": triton_encoder.http_url, "grpc_url": triton_encoder.grpc_url})})
-
-
-def test_transactional_mode_tags_and_commits_offsets_in_the_transaction(tx_settings: Settings, data_dir) -> None:  # type: ignore[no-untyped-def]
-    s = tx_settings
+def test_transactional_mode_tags_and_commits_offsets_in_the_transaction(stack_settings: Settings, data_dir) -> None:  # type: ignore[no-untyped-def]
+    s = stack_settings
     listings = [listing_from_record(r) for r in flipkart_records(data_dir, 40)]
     produce_listings(s, listings)
     group = "tagger-tx"
@@ -41,8 +35,8 @@ def test_transactional_mode_tags_and_commits_offsets_in_the_transaction(tx_setti
     assert {decode(TagEvent, m.value()).listing_id for m in tags} == {lst.listing_id for lst in listings}
 
 
-def test_aborted_transactional_output_is_invisible(tx_settings: Settings) -> None:
-    problem = transactions_problem(tx_settings.kafka)
+def test_aborted_transactional_output_is_invisible(stack_settings: Settings) -> None:
+    problem = transactions_problem(stack_settings.kafka)
     if problem:
         pytest.skip(f"cannot verify transactional isolation on this broker: {problem}")
     pytest.fail("a broker with correct transactions is present: write the abort-isolation check for it")
