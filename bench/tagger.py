@@ -30,16 +30,15 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from services.simulator.listings import flipkart_records, listing_from_record
+from services.simulator.listings import flipkart_records, listing_from_record, produce_listings
 from shared.devstack.process import ManagedProcess, free_port
-from shared.events import ListingEvent, TagEvent, decode, encode
-from shared.kafka import consumer_config, create_topics, producer_config, topic_specs
+from shared.events import ListingEvent, TagEvent, decode
+from shared.kafka import consumer_config, create_topics, topic_specs
 from shared.settings import Settings, TopicSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -209,21 +208,9 @@ class _TagReader:
 
 def _produce(settings: Settings, listings: list[ListingEvent], rate_per_s: float | None) -> dict[str, float]:
     """Produce (paced if asked), stamping each listing's ``ts`` with its send time; event id → that time."""
-    producer = Producer(producer_config(settings.kafka))
     sent: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for i, listing in enumerate(listings):
-        if rate_per_s:
-            wait = t0 + i / rate_per_s - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-        now = datetime.now(UTC)
-        producer.produce(settings.topics.listings, key=listing.listing_id.encode(),
-                         value=encode(listing.model_copy(update={"ts": now})))
-        sent[listing.event_id] = now.timestamp()
-        producer.poll(0)
-    if producer.flush(30):
-        raise RuntimeError("listings not delivered")
+    produce_listings(settings, listings, rate_per_s, stamp_send_time=True,
+                     on_sent=lambda listing: sent.__setitem__(listing.event_id, listing.ts.timestamp()))
     return sent
 
 

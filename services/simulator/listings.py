@@ -53,8 +53,13 @@ def produce_listings(
     listings: Iterable[ListingEvent],
     rate_per_s: float | None = None,
     on_sent: Callable[[ListingEvent], None] | None = None,
+    stamp_send_time: bool = False,
 ) -> int:
-    """Produce listings keyed by listing id, optionally paced; returns how many were delivered."""
+    """Produce listings keyed by listing id, optionally paced; returns how many were delivered.
+
+    With ``stamp_send_time`` each listing's ``ts`` is set to the moment it is sent (what
+    ``on_sent`` receives), so end-to-end latency can be measured from it.
+    """
     producer = Producer(producer_config(settings.kafka))
     delivered = 0
     errors: list[str] = []
@@ -72,6 +77,8 @@ def produce_listings(
             wait = start + i / rate_per_s - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
+        if stamp_send_time:
+            listing = listing.model_copy(update={"ts": datetime.now(UTC)})
         producer.produce(settings.topics.listings, key=listing.listing_id.encode(), value=encode(listing),
                          on_delivery=on_delivery)
         producer.poll(0)
