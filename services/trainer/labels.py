@@ -238,16 +238,39 @@ def _norm_tokens(name: str) -> tuple[str, ...]:
     return tuple(tokens)
 
 
-def _match_category(path: Sequence[str], parent_tax: str | None, by_name: dict, tax: Taxonomy) -> str | None:
-    candidates: list[Category] = by_name.get(_norm_tokens(path[-1]), [])
+# Words that every branch uses: sharing them says nothing about two categories being related.
+_GENERIC_WORDS = frozenset({"accessory", "supply", "supplie", "other", "need", "product", "item", "equipment"})
+# Taxonomy branches that hold no goods: a product category never maps into them.
+_NON_PRODUCT_ROOTS = frozenset({"Services"})
+
+
+def _match_category(path: Sequence[str], ancestor_tax: str | None, by_name: dict, tax: Taxonomy) -> str | None:
+    """The taxonomy category named like ``path[-1]`` that fits the tag's ancestors, or None.
+
+    A same-named category in an unrelated branch is a false friend (jewellery "Chains" vs hardware
+    chains, makeup "Nails" vs hardware nails), so a candidate must sit under the taxonomy root of the
+    nearest mapped ancestor (``ancestor_tax``). With no mapped ancestor any goods branch may match
+    (known false friends remain there, e.g. wallet "Clutches" -> vehicle clutches).
+    """
+    leaf = set(_norm_tokens(path[-1]))
+    context = {t for p in path[:-1] for t in _norm_tokens(p)} - leaf - _GENERIC_WORDS
+    root_of = ancestor_tax.split("-", 1)[0] if ancestor_tax else None
+
+    def ancestor_words(cat: Category) -> set[str]:
+        return {t for p in cat.path[:-1] for t in _norm_tokens(p)}
+
+    def fits(cat: Category) -> bool:
+        if cat.path[0] in _NON_PRODUCT_ROOTS:
+            return False
+        return root_of is None or cat.id.split("-", 1)[0] == root_of
+
+    candidates = [c for c in by_name.get(_norm_tokens(path[-1]), []) if fits(c)]
     if not candidates:
         return None
-    context = {t for p in path[:-1] for t in _norm_tokens(p)}
 
     def score(cat: Category) -> tuple[int, int, int, str]:
-        under_parent = parent_tax is not None and cat.id.startswith(parent_tax + "-")
-        overlap = len(context & {t for p in cat.path[:-1] for t in _norm_tokens(p)})
-        return (int(under_parent), overlap, -cat.depth, cat.id)
+        under_parent = ancestor_tax is not None and cat.id.startswith(ancestor_tax + "-")
+        return (int(under_parent), len(context & ancestor_words(cat)), -cat.depth, cat.id)
 
     return max(candidates, key=score).id
 
@@ -260,10 +283,10 @@ def _match_attribute(key: str, tax: Taxonomy) -> Attribute | None:
 def map_to_taxonomy(vocab: Sequence[VocabEntry], tax: Taxonomy) -> list[VocabEntry]:
     """Attach Shopify ids, Chinese names and allowed attributes to the tags that match the taxonomy.
 
-    Categories match on the (normalised, singularised) leaf name; among several taxonomy
-    categories of that name the one under the parent tag's match, then sharing most ancestor
-    words, wins. Attribute keys match attribute names (plus a few aliases such as
-    ``Ideal For`` -> ``target_gender``); values match value names. Unmatched tags keep None.
+    Categories match on the (normalised, singularised) leaf name, among taxonomy categories that fit
+    the tag's ancestors (see :func:`_match_category`); of several, the one under the nearest mapped
+    ancestor's match, then sharing most ancestor words, wins. Attribute keys match attribute names
+    (plus a few aliases such as ``Ideal For`` -> ``target_gender``); values match value names. Unmatched tags keep None.
     """
     by_name: dict[tuple[str, ...], list[Category]] = {}
     for cat in tax.categories.values():
@@ -275,8 +298,10 @@ def map_to_taxonomy(vocab: Sequence[VocabEntry], tax: Taxonomy) -> list[VocabEnt
         if v.kind == TagKind.CATEGORY:
             path = (*paths.get(v.parent or "", ()), v.name)
             paths[v.tag_id] = path
-            tid = _match_category(path, mapped.get(v.parent or ""), by_name, tax)
-            mapped[v.tag_id] = tid
+            ancestor_tax = mapped.get(v.parent or "")
+            tid = _match_category(path, ancestor_tax, by_name, tax)
+            # Children look at the nearest mapped ancestor, even across an unmapped level.
+            mapped[v.tag_id] = tid or ancestor_tax
             if tid is None:
                 out.append(v)
                 continue

@@ -116,3 +116,25 @@ def test_shopify_mapping_adds_ids_chinese_names_and_allowed_attributes() -> None
     assert fabric.attribute_handle == "fabric" and fabric.taxonomy_id == "fabric__cotton"
     assert fabric.name_zh and fabric.name_zh != fabric.name
     assert vocab["attr:ideal-for=women"].taxonomy_id == "target-gender__female"
+
+
+@pytest.mark.skipif(not TAX_ROOT.exists(), reason="shared data not mounted")
+def test_shopify_mapping_rejects_same_named_categories_of_unrelated_branches() -> None:
+    paths = (
+        "Jewellery > Necklaces & Chains > Chains > X",
+        "Jewellery > Necklaces & Chains > Necklaces > X",
+        "Beauty and Personal Care > Makeup > Nails > X",
+        "Beauty and Personal Care > Hair Care > X",
+    )
+    recs = [Record(f"{p}{i}", f"t{i}", (p,), False) for p in paths for i in range(5)]
+    tax = load_taxonomy(TAX_ROOT)
+    vocab = {v.tag_id: v for v in map_to_taxonomy(build_vocabulary(recs), tax)}
+    # Hardware chains and nails share the leaf name only; jewellery maps under Apparel, makeup under Health.
+    assert vocab["cat:jewellery/necklaces-chains/chains"].taxonomy_id is None
+    necklaces = vocab["cat:jewellery/necklaces-chains/necklaces"].taxonomy_id
+    assert necklaces is not None and tax.categories[necklaces].path[0] == "Apparel & Accessories"
+    assert vocab["cat:beauty-and-personal-care/makeup/nails"].taxonomy_id is None
+    # "Beauty & Personal Care" exists only under Services: a product category never maps there.
+    assert vocab["cat:beauty-and-personal-care"].taxonomy_id is None
+    hair = vocab["cat:beauty-and-personal-care/hair-care"].taxonomy_id
+    assert hair is not None and tax.categories[hair].path[0] == "Health & Beauty"
