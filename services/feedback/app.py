@@ -11,7 +11,10 @@ Two agents, one micro-batch loop each:
 
 faust acks (and later commits to Kafka) a batch only after its transaction committed;
 a batch redelivered after a crash is recognised by its event ids, so Postgres counts
-every event exactly once whatever Kafka redelivers.
+every event exactly once whatever Kafka redelivers. On every assignment the worker
+resumes from the offsets stored in Postgres (:func:`resume_from_postgres`), not from
+Kafka's committed offsets, which lag behind (faust commits every few seconds) or may
+be lost: nothing counted is read again, nothing is skipped.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from typing import Any, Protocol, cast
 import faust
 import orjson
 from confluent_kafka import Producer
+from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from pydantic import ValidationError
 
-from services.feedback.domain import Consumed, TagUpdate, max_offsets
+from services.feedback.domain import Consumed, TagUpdate, max_offsets, resume_positions
 from services.feedback.migrations import MIGRATIONS
 from services.feedback.repository import PostgresFeedbackStore
 from shared.db import apply_migrations, async_pool
@@ -279,6 +283,27 @@ def micro_batches(stream: faust.StreamT, max_: int, within_s: float) -> AsyncIte
     return cast(faust.Stream, stream).take_events(max_, within=within_s)
 
 
+async def resume_from_postgres(consumer: Any, service: FeedbackService) -> dict[tuple[str, int], int]:
+    """Commit to Kafka, for each assigned partition, the position Postgres has counted up to.
+
+    Connected to faust's ``on_rebalance_complete`` signal, which faust sends just before
+    it seeks every assigned partition to its committed offset (``Consumer.perform_seek``).
+    Committing Postgres' positions first makes faust itself resume there, with its own
+    ack/commit bookkeeping consistent; a seek made here would be undone by that
+    ``perform_seek``. Returns the positions committed.
+    """
+    store = await service.store()
+    assigned = [(tp.topic, tp.partition) for tp in consumer.assignment()]
+    resume = resume_positions(assigned, await store.stored_offsets())
+    if resume:
+        # faust has no public call to commit chosen offsets; _commit is what its own commits end in.
+        committed = await consumer._commit({TP(t, p): o for (t, p), o in resume.items()})
+        if not committed:
+            log.warning("feedback: could not commit the Postgres offsets to Kafka; event-id dedup still holds")
+    log.info("feedback: resuming from Postgres offsets %s", resume)
+    return resume
+
+
 def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust.App:
     """The faust app of the feedback service; ``app.feedback_service`` holds its state."""
     config = config or FeedbackConfig()
@@ -315,6 +340,12 @@ def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust
     async def feedback(stream: faust.StreamT) -> None:
         async for events in micro_batches(stream, config.batch_size, config.within_s):
             await service.on_feedback([e.message for e in events])
+
+    async def resume(sender: faust.App, **_: Any) -> None:
+        await resume_from_postgres(sender.consumer, service)
+
+    # mode's handler type does not admit an async def with a typed sender; it is called as one.
+    app.on_rebalance_complete.connect(resume)  # type: ignore[arg-type]
 
     app.feedback_service = service  # type: ignore[attr-defined]
     return app

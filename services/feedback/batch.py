@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from services.feedback.app import FeedbackConfig, FeedbackService, Record
+from services.feedback.domain import resume_positions
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,9 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         store = await self.service.store()
-        stored = await store.stored_offsets()
-        for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                self.consumer.seek(tp, offset + 1)
+        resume = resume_positions(((tp.topic, tp.partition) for tp in assigned), await store.stored_offsets())
+        for (topic, partition), offset in resume.items():
+            self.consumer.seek(TopicPartition(topic, partition), offset)
         log.info("feedback: assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 

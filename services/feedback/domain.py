@@ -311,6 +311,21 @@ def max_offsets(items: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], 
     return out
 
 
+def resume_positions(
+    assigned: Iterable[tuple[str, int]], stored: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Where each assigned partition resumes: right after the last offset Postgres has counted.
+
+    Partitions Postgres knows nothing about are left out (the consumer's own position
+    stands). Postgres wins over Kafka's committed offsets in both directions: it is
+    the only record of what the counts include.
+
+    >>> resume_positions([("feedback", 0), ("feedback", 1)], {("feedback", 0): 41})
+    {('feedback', 0): 42}
+    """
+    return {tp: stored[tp] + 1 for tp in sorted(set(assigned)) if tp in stored}
+
+
 # --- units of work ----------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from services.feedback.domain import (
     latest_tag_updates,
     max_offsets,
     plan_feedback,
+    resume_positions,
     revenue_units,
 )
 from services.feedback.memory import MemoryFeedbackStore
@@ -165,3 +166,11 @@ def test_deltas_merge_and_cancel() -> None:
     d.add(f, ("t",))
     d.add(f, ("t",), sign=-1)
     assert not d.without_zeros()
+
+
+def test_resume_positions_follow_postgres_in_both_directions() -> None:
+    stored = {("feedback", 0): 41, ("feedback", 2): 7, ("tags", 0): 3}
+    assigned = [("feedback", 0), ("feedback", 1), ("tags", 0)]
+    # Right after the last counted offset; partitions Postgres never counted keep the consumer's position.
+    assert resume_positions(assigned, stored) == {("feedback", 0): 42, ("tags", 0): 4}
+    assert resume_positions([], stored) == {}
