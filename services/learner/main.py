@@ -119,9 +119,12 @@ def run(
                 on_batch(msgs)
             since_checkpoint += len(msgs)
             publisher.mark(applied.touched_users)
-            if since_checkpoint >= ls.checkpoint_every or (
+            due = since_checkpoint >= ls.checkpoint_every or (
                 since_checkpoint and time.monotonic() - last_checkpoint >= ls.checkpoint_interval_s
-            ):
+            )
+            # While the previous checkpoint is still being written, keep learning and take the
+            # next one when it is done: waiting for it here stalled the loop for seconds.
+            if due and (in_flight is None or in_flight.done()):
                 to_commit = checkpoint()
                 since_checkpoint, last_checkpoint = 0, time.monotonic()
             with shared.lock:
