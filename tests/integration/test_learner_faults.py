@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from shared.settings import Settings
 from tests.integration.test_learner_support import (
     checkpoint_with,
     feedback,
+    learner_env,
     produce,
     produce_feedback,
     produce_tags,
@@ -27,23 +27,6 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LISTINGS = {f"l{i}": [f"tag{i % 7}", f"tag{i % 5 + 10}"] for i in range(50)}
 KINDS = [FeedbackType.CLICK, FeedbackType.IMPRESSION, FeedbackType.PURCHASE, FeedbackType.ADD_TO_CART]
-
-
-def learner_env(settings: Settings, name: str, tmp: Path) -> dict[str, str]:
-    t = settings.topics
-    return os.environ | {
-        "TAGLOOP_STATE_DIR": str(tmp),
-        "TAGLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "TAGLOOP_DATABASE_URL": settings.database_url,
-        "TAGLOOP_TOPICS__TAGS": t.tags,
-        "TAGLOOP_TOPICS__FEEDBACK": t.feedback,
-        "TAGLOOP_TOPICS__DEAD_LETTER": t.dead_letter,
-        "TAGLOOP_TOPICS__USER_AFFINITY": t.user_affinity,
-        "TAGLOOP_LEARNER__NAME": name,
-        "TAGLOOP_LEARNER__CHECKPOINT_EVERY": "1000",
-        "TAGLOOP_LEARNER__CHECKPOINT_INTERVAL_S": "1.0",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 def test_kill_9_mid_stream_then_restart_learns_each_event_once(settings: Settings, tmp_path: Path) -> None:

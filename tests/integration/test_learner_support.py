@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -97,3 +99,21 @@ def checkpoint_with(repo: PostgresCheckpoints, events_seen: int) -> Callable[[],
         return cp if cp is not None and cp.model.counters.events_seen >= events_seen else None
 
     return check
+
+
+def learner_env(settings: Settings, name: str, tmp: Path) -> dict[str, str]:
+    """Environment of a learner subprocess on the test's broker, database and topics."""
+    t = settings.topics
+    return os.environ | {
+        "TAGLOOP_STATE_DIR": str(tmp),
+        "TAGLOOP_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "TAGLOOP_DATABASE_URL": settings.database_url,
+        "TAGLOOP_TOPICS__TAGS": t.tags,
+        "TAGLOOP_TOPICS__FEEDBACK": t.feedback,
+        "TAGLOOP_TOPICS__DEAD_LETTER": t.dead_letter,
+        "TAGLOOP_TOPICS__USER_AFFINITY": t.user_affinity,
+        "TAGLOOP_LEARNER__NAME": name,
+        "TAGLOOP_LEARNER__CHECKPOINT_EVERY": "1000",
+        "TAGLOOP_LEARNER__CHECKPOINT_INTERVAL_S": "1.0",
+        "PYTHONUNBUFFERED": "1",
+    }
