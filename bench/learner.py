@@ -7,14 +7,16 @@ Two numbers, measured in one run:
 * **lag** of the real learner loop (its own process, real broker, checkpoints to
   real Postgres) behind the ``feedback`` topic while a producer writes at a fixed
   rate. Lag of an event = when the learner has learned it − when it was produced
-  (the record's CreateTime); reported per batch as percentiles, plus how long the
-  learner needed to drain after the producer stopped.
+  (the record's CreateTime), as percentiles over events (and over batches, from each
+  batch's oldest event), plus how long the learner needed to drain after the producer
+  stopped; the learner is stopped only once it has learned everything (or after a bound).
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import random
 import statistics
 import tempfile
@@ -85,11 +87,14 @@ def model_throughput(kind: ModelKind, n_events: int, seed: int = 0) -> dict[str,
     return {"events_per_s": round(n_events / elapsed), "updates_per_s": round(updates / elapsed)}
 
 
-def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_flag: Any) -> None:
+def _learner_child(
+    settings_json: str, ls_json: str, out: str, ready: Any, stop_flag: Any, learned_count: Any
+) -> None:
     """The learner process of the lag measurement: run() with a per-batch lag probe."""
     settings = Settings.model_validate_json(settings_json)
     ls = LearnerSettings.model_validate_json(ls_json)
-    lags: list[float] = []
+    lags: list[float] = []  # per event: learned − produced
+    batch_lags: list[float] = []  # per batch: learned − its oldest event produced
     series: list[tuple[float, int, float]] = []
     learned = [0]
     t0 = time.perf_counter()
@@ -101,8 +106,11 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
         fb = [m for m in msgs if m.topic() == settings.topics.feedback]
         if fb:
             learned[0] += len(fb)
-            lags.append((now_ms - min(m.timestamp()[1] for m in fb)) / 1000)
-            series.append((round(time.perf_counter() - t0, 2), len(fb), round(lags[-1], 2)))
+            learned_count.value = learned[0]
+            event_lags = [(now_ms - m.timestamp()[1]) / 1000 for m in fb]
+            lags.extend(event_lags)
+            batch_lags.append(max(event_lags))
+            series.append((round(time.perf_counter() - t0, 2), len(fb), round(batch_lags[-1], 2)))
         if stop_flag.is_set():
             stop.set()
 
@@ -121,6 +129,7 @@ def _learner_child(settings_json: str, ls_json: str, out: str, ready: Any, stop_
         json.dumps(
             {
                 "lags": lags,
+                "batch_lags": batch_lags,
                 "learned": learned[0],
                 "seconds": time.perf_counter() - t0,
                 "checkpoints": checkpoints,
@@ -154,12 +163,12 @@ def lag_at_rate(
     ]
 
     ctx = mp.get_context("spawn")
-    ready, stop_flag = ctx.Event(), ctx.Event()
+    ready, stop_flag, learned_count = ctx.Event(), ctx.Event(), ctx.Value("q", 0)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "lags.json")
         child = ctx.Process(
             target=_learner_child,
-            args=(settings.model_dump_json(), ls.model_dump_json(), out, ready, stop_flag),
+            args=(settings.model_dump_json(), ls.model_dump_json(), out, ready, stop_flag, learned_count),
         )
         child.start()
         if not ready.wait(60):
@@ -167,6 +176,7 @@ def lag_at_rate(
             raise RuntimeError("learner did not start")
         tick = 0.01
         per_tick = max(1, int(rate * tick))
+        load0, cpu0 = os.getloadavg()[0], time.process_time()
         t0 = time.perf_counter()
         for i in range(0, total, per_tick):
             for key, value in payloads[i : i + per_tick]:
@@ -178,29 +188,43 @@ def lag_at_rate(
                 time.sleep(delay)
         producer.flush(30)
         produce_s = time.perf_counter() - t0
-        # Let the learner drain, then stop it (it writes its final checkpoint).
-        time.sleep(max(5.0, seconds / 2))
+        # The producer shares the cores with the learner: its CPU says how much it takes.
+        producer_cpu_s, load1 = time.process_time() - cpu0, os.getloadavg()[0]
+        # Let the learner drain everything (a learner stopped early would hide its worst lags),
+        # within a bound, then stop it (it writes its final checkpoint).
+        drain_deadline = time.perf_counter() + max(30.0, 3 * seconds)
+        while learned_count.value < total and time.perf_counter() < drain_deadline:
+            time.sleep(0.05)
+        drain_s = time.perf_counter() - t0 - produce_s
         stop_flag.set()
         child.join(120)
         result = json.loads(Path(out).read_text())
     lags = sorted(result["lags"])
     q = statistics.quantiles(lags, n=100, method="inclusive") if len(lags) >= 2 else lags * 100
+    qb = statistics.quantiles(result["batch_lags"], n=100, method="inclusive") if len(lags) >= 2 else q
     return {
         "input_rate": rate,
         "achieved_input_rate": round(total / produce_s),
         "produced": total,
         "learned": result["learned"],
+        # Per event: when it was learned − its CreateTime (set by the producer at produce()).
         "lag_p50_s": round(q[49], 3),
         "lag_p95_s": round(q[94], 3),
         "lag_p99_s": round(q[98], 3),
         "lag_max_s": round(max(lags), 3) if lags else None,
-        "batches": len(lags),
+        # Per batch, from its oldest event: the definition of the first published numbers.
+        "batch_lag_p50_s": round(qb[49], 3),
+        "batch_lag_p99_s": round(qb[98], 3),
+        "drain_s_after_producer_stopped": round(drain_s, 2),
+        "batches": len(result["batch_lags"]),
         "checkpoints_written": len(result["checkpoints"]),
         # CPU the learner process used (all its threads): events per CPU-second says what
         # one dedicated core sustains, whatever else the machine was running.
         "learner_cpu_s": round(result["cpu_s"], 2),
         "learner_wall_s": round(result["seconds"], 2),
         "learner_events_per_cpu_s": round(result["learned"] / max(result["cpu_s"], 1e-9)),
+        "producer_cpu_s": round(producer_cpu_s, 2),
+        "load_avg_1m_before_after": [round(load0, 2), round(load1, 2)],
         "checkpoint_times": result["checkpoints"],
         "series": result["series"] if debug else None,
     }
