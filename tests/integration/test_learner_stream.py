@@ -20,6 +20,7 @@ from tests.integration.test_learner_support import (
     produce_feedback,
     produce_tags,
     read_all,
+    tag_event,
     wait_for,
 )
 
@@ -147,15 +148,15 @@ def test_tag_tombstone_and_unknown_listing(
         [
             (
                 b"l9",
-                encode(
-                    __import__("tests.integration.test_learner_support", fromlist=["tag_event"]).tag_event(
-                        "l9", ["garden"]
-                    )
-                ),
+                encode(tag_event("l9", ["garden"])),
             )
         ],
     )
-    cp = wait_for(lambda: (c := repo.latest()) and c.model.counters.positives == 1 and c, 60, "waiting event learned")
+    def learned() -> Checkpoint | None:
+        cp = repo.latest()
+        return cp if cp is not None and cp.model.counters.positives == 1 else None
+
+    cp = wait_for(learned, 60, "waiting event learned")
     assert "garden" in cp.model.tags
     produce(settings, settings.topics.tags, [(b"l9", None)])
     wait_for(lambda: (c := repo.latest()) and "l9" not in c.model.listing_tags, 60, "tombstone applied")

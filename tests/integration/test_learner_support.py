@@ -64,17 +64,19 @@ def read_all(settings: Settings, topic: str, expect: int, timeout_s: float = 30.
     meta = consumer.list_topics(topic, timeout=10).topics[topic]
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
     out: list[tuple[bytes | None, bytes]] = []
+
+    def take(timeout: float) -> None:
+        for msg in consumer.consume(500, timeout=timeout):
+            value = msg.value()
+            if msg.error() is None and value is not None:
+                out.append((msg.key(), value))
+
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            for msg in consumer.consume(500, timeout=0.5):
-                if msg.error() is None and msg.value() is not None:
-                    out.append((msg.key(), msg.value()))
+            take(0.5)
             if len(out) >= expect:
-                # Give stragglers (e.g. duplicates) a moment to show up too.
-                for msg in consumer.consume(500, timeout=1.0):
-                    if msg.error() is None and msg.value() is not None:
-                        out.append((msg.key(), msg.value()))
+                take(1.0)  # give stragglers (e.g. duplicates) a moment to show up too
                 return out
     finally:
         consumer.close()

@@ -62,7 +62,7 @@ def _purchases() -> list[Purchase]:
 def test_split_by_time_and_stream() -> None:
     train, test = split_by_time(_purchases(), 0.8)
     assert [p.invoice for p in train] == ["i1", "i1", "i2"] and [p.invoice for p in test] == ["i3"]
-    tags = {"p1": ("a",), "p2": ("b",), "p3": ("c",)}
+    tags: dict[str, tuple[str, ...]] = {"p1": ("a",), "p2": ("b",), "p3": ("c",)}
     events = list(feedback_stream(train, tags, impressions_per_purchase=3, seed=1))
     purchases = [e for e in events if e.type == FeedbackType.PURCHASE]
     assert [(e.user_id, e.listing_id) for e in purchases] == [("c1", "p1"), ("c1", "p2"), ("c2", "p3")]
