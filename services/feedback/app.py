@@ -131,6 +131,16 @@ class Timings:
         }
 
 
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A feedback batch after decoding: what to count, what to dead-letter, offsets to store."""
+
+    good: list[Consumed]
+    bad: list[DeadLetter]
+    offsets: dict[tuple[str, int], int]
+    received: int
+
+
 class FeedbackService:
     """The I/O shell around the domain: decoding, dead letters, the store, metrics."""
 
@@ -189,20 +199,29 @@ class FeedbackService:
         self.timings.dead_letter += time.perf_counter() - t0
 
     async def on_feedback(self, events: Sequence[Record]) -> None:
+        await self.write_feedback(self.prepare_feedback(events))
+
+    def prepare_feedback(self, events: Sequence[Record]) -> DecodedBatch:
+        """The CPU half of a feedback batch (no I/O): the batch engine runs it while Postgres
+        is still writing the previous batch."""
         if self.timings.first_batch is None:
             self.timings.first_batch = time.monotonic()
         t0 = time.perf_counter()
         good, bad = decode_feedback(events)
         self.timings.decode += time.perf_counter() - t0
-        if bad:
-            await self.dead_letter(bad)
+        return DecodedBatch(good, bad, consumed_offsets(events), len(events))
+
+    async def write_feedback(self, batch: DecodedBatch) -> None:
+        """Dead letters, then one Postgres transaction (ids, archive, counts, offsets)."""
+        if batch.bad:
+            await self.dead_letter(batch.bad)
         store = await self.store()
         t1 = time.perf_counter()
-        result = await store.record_feedback(good, consumed_offsets(events))
+        result = await store.record_feedback(batch.good, batch.offsets)
         elapsed = time.perf_counter() - t1
         self.timings.postgres += elapsed
         self.timings.batches += 1
-        self.timings.events += len(events)
+        self.timings.events += batch.received
         self.metrics.batch_seconds.labels("feedback").observe(elapsed)
         self.metrics.events.labels("counted").inc(result.counted)
         self.metrics.events.labels("duplicate").inc(result.duplicates)

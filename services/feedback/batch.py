@@ -4,7 +4,9 @@ faust hands records to agents one at a time through its stream machinery; on thi
 machine that alone caps a worker at a few thousand records/s (see ``bench/feedback.py``).
 This engine fetches whole batches (``getmany``) and runs the very same
 :class:`~services.feedback.app.FeedbackService` (decode, dead letters, one Postgres
-transaction per batch). Exactly-once is unchanged: event ids and offsets commit
+transaction per batch), two polls deep: while one poll's transaction runs in Postgres,
+the next poll is fetched and decoded (transactions still run one after another, in
+poll order). Exactly-once is unchanged: event ids and offsets commit
 with the counts; Kafka offsets are committed after Postgres, and on every
 assignment the consumer seeks to the offsets stored in Postgres, so a restart
 resumes exactly where the counts end (event-id dedup still guards duplicates the
@@ -16,35 +18,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from services.feedback.app import FeedbackConfig, FeedbackService, Record
+from services.feedback.app import DecodedBatch, FeedbackConfig, FeedbackService, Record
 from services.feedback.domain import resume_positions
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+class _InFlight:
+    """The one poll being written (Postgres, then the Kafka commit) while the next is fetched and decoded."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    async def wait(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            await task
+
+    async def replace(self, work: Coroutine[Any, Any, None]) -> None:
+        """Wait for the previous poll's writes, then start ``work``: transactions stay in poll order."""
+        await self.wait()
+        self.task = asyncio.create_task(work)
+
+
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     """On assignment, start each partition right after the last offset Postgres has counted."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, service: FeedbackService) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, service: FeedbackService, in_flight: _InFlight) -> None:
         self.consumer = consumer
         self.service = service
+        self.in_flight = in_flight
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # Batches are committed to Postgres before the next poll: nothing in flight to flush.
-        return None
+        # Let the poll being written commit first: the next owner (or we, on re-assignment)
+        # then reads offsets that include it, and re-reads nothing.
+        await self.in_flight.wait()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # Paused before the first await: the fetcher already runs from Kafka's committed (or earliest)
+        # offsets, and getmany must hand out nothing from there while Postgres is asked.
+        assigned = list(assigned)
+        self.consumer.pause(*assigned)
         store = await self.service.store()
         resume = resume_positions(((tp.topic, tp.partition) for tp in assigned), await store.stored_offsets())
         for (topic, partition), offset in resume.items():
-            self.consumer.seek(TopicPartition(topic, partition), offset)
+            self.consumer.seek(TopicPartition(topic, partition), offset)  # also drops what was prefetched
+        self.consumer.resume(*assigned)
         log.info("feedback: assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
@@ -85,8 +112,22 @@ async def run_batch_consumer(
         fetch_max_bytes=64 * 1024 * 1024,
         security_protocol=settings.kafka.security_protocol,
     )
-    consumer.subscribe([topics.tags, topics.feedback], listener=_SeekToStored(consumer, service))
+    in_flight = _InFlight()
+    consumer.subscribe([topics.tags, topics.feedback], listener=_SeekToStored(consumer, service, in_flight))
     await consumer.start()
+
+    async def write(tags: list[Record], feedback: list[DecodedBatch], commit: dict[TopicPartition, Any]) -> None:
+        # Tags first: feedback in the same poll may be about these listings.
+        if tags:
+            await service.on_tags(tags)
+        if feedback:
+            await asyncio.gather(*(service.write_feedback(part) for part in feedback))
+        try:
+            await consumer.commit(commit)
+        except (CommitFailedError, KafkaError) as exc:
+            # Postgres already holds these offsets; a failed Kafka commit only costs a re-seek.
+            log.warning("feedback: Kafka commit failed (%s); Postgres offsets stay authoritative", exc)
+
     try:
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=int(config.within_s * 1000), max_records=config.batch_size)
@@ -94,18 +135,14 @@ async def run_batch_consumer(
                 continue
             records: list[Record] = [r for batch in fetched.values() for r in batch]
             tags, feedback = _split(records, topics.tags)
-            # Tags first: feedback in the same poll may be about these listings.
-            if tags:
-                await service.on_tags(tags)
-            if feedback:
-                await asyncio.gather(*(service.on_feedback(part) for part in by_writer(feedback, config.writers)))
+            # Decoding (worker CPU) overlaps the previous poll's transaction (Postgres CPU).
+            decoded = [service.prepare_feedback(part) for part in by_writer(feedback, config.writers)]
             commit = {tp: OffsetAndMetadata(batch[-1].offset + 1, "") for tp, batch in fetched.items()}
-            try:
-                await consumer.commit(commit)
-            except (CommitFailedError, KafkaError) as exc:
-                # Postgres already holds these offsets; a failed Kafka commit only costs a re-seek.
-                log.warning("feedback: Kafka commit failed (%s); Postgres offsets stay authoritative", exc)
+            await in_flight.replace(write(tags, decoded, commit))
+        await in_flight.wait()
     finally:
+        with contextlib.suppress(Exception):
+            await in_flight.wait()  # only after an error above: the last poll's writes may still finish
         with contextlib.suppress(Exception):
             await consumer.stop()
         await service.close()

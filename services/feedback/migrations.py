@@ -15,9 +15,16 @@ feedback_events
     The raw-event archive, partitioned by day of ``ts`` (partitions created on
     demand). ``tag_ids`` is what the event was counted against; NULL while the
     listing's tags are unknown (counted under the ``__pending__`` tag until then).
-feedback_listing_tag_counts / feedback_listing_tag_hourly
-feedback_user_tag_counts / feedback_user_tag_hourly
-    Additive counters per listing×tag and user×tag, all-time and per hour.
+feedback_listing_tag_counts / feedback_listing_tag_hourly / feedback_user_tag_counts
+    Additive counters per listing×tag (all-time and per hour) and user×tag (all-time),
+    updated in the same transaction as the archive.
+feedback_user_tag_hourly
+    A view since migration 3: user×tag×hour counts recounted from the archive when
+    read. As a table it was the costliest counter on the hot path (users barely repeat
+    within a micro-batch, so nearly every event inserted ~3 new rows there: about a
+    third of the Postgres time per event). Reads that name an hour range scan only
+    those days' archive partitions; it is meant for training sets and reports, not
+    per-request lookups (that would need an index on the archive's ``user_id``).
 feedback_offsets
     The last offset per (group, topic, partition) whose effects are in Postgres,
     written in the same transaction as the counts.
@@ -153,7 +160,28 @@ ALTER TABLE feedback_listing_tags SET (fillfactor = 80);
 ALTER TABLE feedback_offsets SET (fillfactor = 50);
 """
 
+# Same columns as the table it replaces; the definition of counting matches
+# repository._recount_sql (pending events count under the pending tag).
+_V3 = """
+DROP TABLE feedback_user_tag_hourly;
+CREATE VIEW feedback_user_tag_hourly AS
+    SELECT user_id, tag AS tag_id, date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+        count(*) AS events,
+        count(*) FILTER (WHERE type = 'impression') AS impressions,
+        count(*) FILTER (WHERE type = 'click') AS clicks,
+        count(*) FILTER (WHERE type = 'add_to_cart') AS carts,
+        count(*) FILTER (WHERE type = 'purchase') AS purchases,
+        coalesce(sum(quantity) FILTER (WHERE type = 'purchase'), 0) AS units,
+        coalesce(sum(revenue) FILTER (WHERE type = 'purchase'), 0)::numeric(20,4) AS revenue,
+        count(*) FILTER (WHERE type = 'tag_accept') AS accepts,
+        count(*) FILTER (WHERE type = 'tag_reject') AS rejects,
+        max(coalesce(attributed_at, ingested_at)) AS updated_at
+    FROM feedback_events, unnest(coalesce(tag_ids, ARRAY['__pending__'::text])) AS tag
+    GROUP BY 1, 2, 3;
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(SERVICE, 1, "archive_counts_offsets", _V1),
     Migration(SERVICE, 2, "c_collation_and_fillfactor", _V2),
+    Migration(SERVICE, 3, "user_tag_hourly_from_archive", _V3),
 ]

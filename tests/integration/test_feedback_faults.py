@@ -16,7 +16,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,9 +24,10 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from services.feedback.domain import Consumed, Deltas, TagUpdate, dedup, plan_feedback
+from services.feedback.domain import Consumed, Deltas, TagUpdate, dedup, max_offsets, plan_feedback
 from services.feedback.loadgen import (
     OffsetRecorder,
+    caught_up,
     engine_args,
     produce_feedback,
     produce_tags,
@@ -195,24 +196,26 @@ def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: st
         stop_postgres(state_dir, pg_name)
 
 
-def count_directly(settings: Settings, url: str, group: str, topic: str, n: int) -> None:
-    """Count the first ``n`` records of ``topic`` into Postgres for ``group`` without the worker.
+def count_directly(settings: Settings, url: str, group: str, upto: Mapping[tuple[str, int], int]) -> None:
+    """Count a topic's records up to the offsets ``upto`` into Postgres for ``group``, without the worker.
 
     Afterwards Postgres holds counts and offsets for the group while Kafka has no committed
     offset for it at all: what a worker sees when Kafka's offsets were lost or lag behind.
     """
     reader = Consumer(consumer_config(settings.kafka, f"reader-{uuid.uuid4().hex[:6]}"))
-    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.topics.partitions)])
-    batch: list[Consumed] = []
+    reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in upto])
+    read: dict[tuple[int, int], Consumed] = {}  # by (partition, offset): a record fetched twice is one record
     try:
         deadline = time.monotonic() + 60
-        while len(batch) < n:
-            assert time.monotonic() < deadline, f"read only {len(batch)} of {n} records"
+        while not caught_up(max_offsets((c.topic, c.partition, c.offset) for c in read.values()), upto):
+            assert time.monotonic() < deadline, f"read only {len(read)} records"
             msg = reader.poll(0.5)
-            if msg is not None and not msg.error():
-                batch.append(Consumed(decode(FeedbackEvent, msg.value()), topic, msg.partition(), msg.offset()))
+            if msg is not None and not msg.error() and msg.offset() <= upto[(msg.topic(), msg.partition())]:
+                event = decode(FeedbackEvent, msg.value())
+                read[(msg.partition(), msg.offset())] = Consumed(event, msg.topic(), msg.partition(), msg.offset())
     finally:
         reader.close()
+    batch = [read[k] for k in sorted(read)]
 
     async def go() -> None:
         pool = async_pool(url, max_size=1)
@@ -237,8 +240,8 @@ def test_resumes_from_postgres_offsets_not_kafkas(
     rec = OffsetRecorder(settings.kafka)
     produce_tags(rec, topics.tags, synthetic_tags(ns, 100))
     produce_feedback(rec, topics.feedback, events[:3000])
-    rec.flush()
-    count_directly(settings, url, group, topics.feedback, 3000)
+    count_directly(settings, url, group, {k: v for k, v in rec.flush().items() if k[0] == topics.feedback})
+    assert archived(url, ns) == (3000, 3000)
 
     produce_feedback(rec, topics.feedback, events[3000:])
     targets = rec.flush()

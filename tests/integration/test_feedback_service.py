@@ -125,6 +125,15 @@ def test_store_counts_once_attributes_late_and_matches_recount(migrated: str, ns
         parts = conn.execute(
             "SELECT count(*) FROM pg_inherits WHERE inhparent = 'feedback_events'::regclass"
         ).fetchone()
+        # user×tag×hour is derived from the archive (a view): attribution changes show at once.
+        hourly = conn.execute(
+            "SELECT tag_id, hour, events, purchases FROM feedback_user_tag_hourly WHERE user_id = %s ORDER BY 1, 2",
+            (f"{ns}-u1",),
+        ).fetchall()
+    later = datetime(2026, 3, 2, 13, tzinfo=UTC)
+    hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert hourly == [("t1", hour, 2, 1), ("t1", later, 1, 0), ("t2", hour, 2, 1), ("t2", later, 1, 0),
+                      ("t3", hour, 1, 0), ("t9", hour, 1, 0)]  # fmt: skip
     assert offs == [("feedback", 0, 5), ("tags", 0, 0), ("tags", 1, 7)]
     assert parts is not None and parts[0] >= 2
 

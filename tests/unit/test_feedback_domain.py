@@ -90,7 +90,8 @@ def test_plan_counts_per_listing_user_tag_and_hour() -> None:
     assert d.listing[("l1", "t1")] == [3, 1, 2, 0, 0, 0, 0, 0, 0]
     assert d.listing[("l2", PENDING_TAG)][0] == 1
     assert d.user[("u1", "t2")][0] == 2
-    assert d.user_hourly[("u2", "t1", datetime(2026, 3, 1, 10, tzinfo=UTC))][0] == 1
+    assert d.user[("u2", "t1")][0] == 1
+    assert d.listing_hourly[("l1", "t1", datetime(2026, 3, 1, 10, tzinfo=UTC))][0] == 3
     assert [r.tag_ids for r in plan.archive] == [("t1", "t2"), ("t1", "t2"), None, ("t1", "t2")]
 
 
@@ -123,7 +124,7 @@ def test_unknown_listing_is_pending_then_reattributed() -> None:
     assert ("new", PENDING_TAG) not in counts.listing
     assert counts.listing[("new", "t2")] == [2, 1, 1, 0, 0, 0, 0, 0, 0]
     assert counts.listing == store.recount().without_zeros().listing
-    assert counts.user_hourly == store.recount().without_zeros().user_hourly
+    assert counts.user == store.recount().without_zeros().user
     # Later events of the listing are attributed directly.
     run(store.record_feedback(consumed([fb("c", listing="new")], start=10)))
     assert store.state.counts.listing[("new", "t1")][0] == 3
