@@ -3,6 +3,7 @@
 * ``tagloop feedback run``: the faust worker (migrates first).
 * ``tagloop feedback migrate``: the feedback schema only.
 * ``tagloop feedback verify [--json]``: count tables vs a recount from the archive.
+* ``tagloop feedback prune [--ids-older-than-days 30]``: forget old event ids (dedup guard retention).
 * ``tagloop bench feedback --json``: events/s counted exactly once, and where the time goes.
 * ``tagloop db migrate [--json]``: every service's migrations (``services/*/migrations.py``).
 """
@@ -85,6 +86,23 @@ def verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         raise typer.Exit(1)
 
 
+def prune_cmd(
+    ids_older_than_days: Annotated[
+        float, typer.Option(help="Forget event ids older than this (keep it above the feedback topic's retention).")
+    ] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete old event ids (the dedup guard); the archive and the counters are kept."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.feedback.repository import prune_event_ids
+    from shared.settings import Settings
+
+    cutoff = datetime.now(UTC) - timedelta(days=ids_older_than_days)
+    deleted = prune_event_ids(Settings().database_url, cutoff)
+    _print({"cutoff": cutoff.isoformat(), "event_ids_deleted": deleted}, as_json)
+
+
 def bench_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     events: Annotated[int, typer.Option(help="Feedback events through the real worker (per engine).")] = 60_000,
@@ -118,6 +136,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
     feedback_app.command("run")(run_cmd)
     feedback_app.command("migrate")(migrate_cmd)
     feedback_app.command("verify")(verify_cmd)
+    feedback_app.command("prune")(prune_cmd)
     app.add_typer(feedback_app, name="feedback")
     bench_app.command("feedback")(bench_cmd)
     # `tagloop db` belongs to no single service; registered here until the top-level CLI owns it.

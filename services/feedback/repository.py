@@ -472,3 +472,23 @@ def recount_mismatches(url: str) -> dict[str, int]:
             ).fetchone()
             out[table] = int(row[0]) if row else -1
     return out
+
+
+def prune_event_ids(url: str, older_than: datetime) -> int:
+    """Forget the ids of events that happened and were archived before ``older_than``; returns how many.
+
+    ``feedback_event_ids`` is the exactly-once guard and otherwise grows by one btree entry
+    per event forever. A redelivery (consumer restart, rebalance, producer retry) comes
+    from the ``feedback`` topic, so ids older than the topic's retention (plus a margin)
+    can no longer arrive twice; pick ``older_than`` accordingly. An event both older by
+    time and by ingestion: partition pruning on ``ts`` keeps the scan to old days, and
+    ``ingested_at`` spares a late-arriving old event. The archive is kept (it is what the
+    counters are audited against).
+    """
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(
+            "DELETE FROM feedback_event_ids i USING feedback_events e"
+            " WHERE e.event_id = i.event_id AND e.ts < %s AND e.ingested_at < %s",
+            (older_than, older_than),
+        )
+        return cur.rowcount

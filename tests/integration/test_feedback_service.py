@@ -27,7 +27,7 @@ from services.feedback.loadgen import (
     wait_caught_up,
 )
 from services.feedback.migrations import MIGRATIONS
-from services.feedback.repository import PostgresFeedbackStore, recount_mismatches
+from services.feedback.repository import PostgresFeedbackStore, prune_event_ids, recount_mismatches
 from shared.db import apply_migrations, async_pool
 from shared.devstack.process import ManagedProcess
 from shared.events import DeadLetter, FeedbackEvent, FeedbackType, decode, encode
@@ -271,3 +271,36 @@ def test_worker_end_to_end(
     assert {dl.original for dl in letters} >= set(malformed)
     teleport = next(dl for dl in letters if b"teleport" in dl.original)
     assert "type" in teleport.reason
+
+
+def test_prune_forgets_only_old_event_ids(migrated: str, ns: str) -> None:
+    url = migrated
+    old_ts = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    events = [fb(ns, "old", "l1", ts=old_ts), fb(ns, "late", "l1", ts=old_ts), fb(ns, "new", "l1")]
+
+    async def count(store: PostgresFeedbackStore) -> None:
+        await store.record_feedback(consumed(events))
+
+    asyncio.run(_with_store(url, f"g-{ns}", count))
+    with psycopg.connect(url) as conn:
+        # "old" was archived long ago; "late" is as old by event time but arrived just now.
+        conn.execute("UPDATE feedback_events SET ingested_at = %s WHERE event_id = %s", (old_ts, f"{ns}-old"))
+    assert prune_event_ids(url, datetime(2026, 2, 1, tzinfo=UTC)) >= 1
+    with psycopg.connect(url) as conn:
+        left = conn.execute(
+            "SELECT event_id FROM feedback_event_ids WHERE event_id LIKE %s ORDER BY 1", (f"{ns}-%",)
+        ).fetchall()
+    assert left == [(f"{ns}-late",), (f"{ns}-new",)]
+
+    async def redeliver(store: PostgresFeedbackStore) -> None:
+        again = await store.record_feedback(consumed(events[1:], start=10))
+        assert (again.counted, again.duplicates) == (0, 2)  # ids inside the window are still refused
+
+    asyncio.run(_with_store(url, f"g-{ns}", redeliver))
+    assert archived_count(url, ns) == 3  # the archive is kept
+
+
+def archived_count(url: str, ns: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM feedback_events WHERE event_id LIKE %s", (f"{ns}-%",)).fetchone()
+    return row[0] if row else -1
