@@ -1,7 +1,8 @@
 """What a trained tag model leaves on disk: the model card beside each Triton version directory.
 
 Layout of one version: ``<repository>/<model_name>/<version>/`` holding ``model.py`` (tiny Triton
-entry point), ``model.onnx`` (or ``model.pt``), ``tokenizer/`` and ``model_card.json``.
+entry point), ``model.onnx`` (or ``model.pt``: the encoder, text -> embedding), the tag head
+(``head.npz``, ``lexicon.json``), ``tokenizer/`` and ``model_card.json``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ModelCard(BaseModel):
     version: int
     vocabulary: list[VocabEntry]
     thresholds: list[float]  # per tag, on the calibrated PROBS, vocabulary order
-    temperature: float = 1.0  # already applied inside the exported model's PROBS
+    temperature: float = 1.0  # PROBS = sigmoid(head logits / temperature)
     # Zero-shot score of a cold-start tag: sigmoid(scale * (cosine(EMBEDDING, name embedding) - threshold)).
     zero_shot_threshold: float = 0.5
     zero_shot_scale: float = 20.0

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from services.trainer.artifacts import ModelCard, write_model_card
-from services.trainer.model import ServingModel, load_tokenizer
+from services.trainer.model import EmbeddingModel, load_tokenizer
 from services.trainer.runtime import ONNX_FILE, TOKENIZER_DIR, TORCHSCRIPT_FILE
 from services.trainer.train import METRICS_FILE, load_trained
 
@@ -53,7 +53,7 @@ input [
 ]
 output [
   {
-    # Calibrated sigmoid per tag, in the order of the version's model_card.json vocabulary.
+    # Calibrated sigmoid of the tag head per tag, in the order of the version's model_card.json vocabulary.
     name: "PROBS"
     data_type: TYPE_FP32
     dims: [ -1 ]
@@ -97,18 +97,17 @@ def _dummy_inputs(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return enc["input_ids"], enc["attention_mask"]
 
 
-def write_onnx(serving: ServingModel, tokenizer: Any, path: Path) -> None:
+def write_onnx(serving: EmbeddingModel, tokenizer: Any, path: Path) -> None:
     # The TorchScript-based exporter: the dynamo one needs onnxscript, which is not installed.
     torch.onnx.export(
         serving,
         _dummy_inputs(tokenizer),
         str(path),
         input_names=["input_ids", "attention_mask"],
-        output_names=["probs", "embedding"],
+        output_names=["embedding"],
         dynamic_axes={
             "input_ids": {0: "batch", 1: "seq"},
             "attention_mask": {0: "batch", 1: "seq"},
-            "probs": {0: "batch"},
             "embedding": {0: "batch"},
         },
         opset_version=17,
@@ -116,7 +115,7 @@ def write_onnx(serving: ServingModel, tokenizer: Any, path: Path) -> None:
     )
 
 
-def write_torchscript(serving: ServingModel, tokenizer: Any, path: Path) -> None:
+def write_torchscript(serving: EmbeddingModel, tokenizer: Any, path: Path) -> None:
     traced = torch.jit.trace(serving, _dummy_inputs(tokenizer), check_trace=False)
     torch.jit.save(traced, str(path))
 
@@ -155,9 +154,9 @@ def export(
     Path
         The new version directory.
     """
-    config, vocab, model, calibration = load_trained(run_dir)
+    config, vocab, model, head, calibration = load_trained(run_dir)
     tokenizer = load_tokenizer()
-    serving = ServingModel(model, calibration["temperature"]).eval()
+    serving = EmbeddingModel(model).eval()
     ensure_model_config(repository, model_name)
     version = next_version(repository, model_name)
     final = Path(repository) / model_name / str(version)
@@ -192,6 +191,7 @@ def export(
                 else:
                     write_torchscript(serving, tokenizer, stage / TORCHSCRIPT_FILE)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
+        head.save(stage)
         (stage / "model.py").write_text(MODEL_PY.format(project_root=project_root))
         write_model_card(stage, card)
         stage.rename(final)

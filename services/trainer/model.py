@@ -21,10 +21,11 @@ def load_tokenizer(path: Path | None = None) -> Any:
 
 
 class TagModel(nn.Module):
-    """Encoder -> normalised mean-pooled embedding -> one logit per tag.
+    """Encoder -> normalised mean-pooled embedding -> one logit per tag (the fine-tuning objective).
 
     The head reads the normalised embedding, so the vector served as ``EMBEDDING`` is the one the
-    tags were learned from, and zero-shot similarities live in the same space.
+    tags were learned from, and zero-shot similarities live in the same space. The served tag
+    scores come from :class:`~services.trainer.head.TagHead`, fitted on these embeddings after.
     """
 
     def __init__(self, n_tags: int, weights_dir: Path | None = None, config_only: bool = False):
@@ -48,14 +49,13 @@ class TagModel(nn.Module):
         return self.head(emb) * self.scale, emb
 
 
-class ServingModel(nn.Module):
-    """What is exported: calibrated per-tag probabilities and the embedding."""
+class EmbeddingModel(nn.Module):
+    """What is exported: the fine-tuned encoder's embedding (the tag head runs beside it, in numpy)."""
 
-    def __init__(self, model: TagModel, temperature: float):
+    def __init__(self, model: TagModel):
         super().__init__()
-        self.model = model
-        self.register_buffer("inv_temperature", torch.tensor(1.0 / temperature))
+        self.encoder = model.encoder
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, emb = self.model(input_ids, attention_mask)
-        return torch.sigmoid(logits * self.inv_temperature), emb
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return l2_normalize(mean_pool(hidden, attention_mask))

@@ -13,7 +13,7 @@ from services.trainer.baseline import TfidfSvmBaseline
 from services.trainer.evaluate import tag_metrics
 from services.trainer.model import load_tokenizer
 from services.trainer.predictor import close_hierarchy, decide, parent_index
-from services.trainer.train import METRICS_FILE, load_trained, predict, prepare
+from services.trainer.train import METRICS_FILE, load_trained, prepare, score
 
 
 def evaluate_run(out: Path, write: bool = True) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def evaluate_run(out: Path, write: bool = True) -> dict[str, Any]:
         tags) and ``attributes`` for the model; ``baseline_*`` the same for the baseline;
         ``n_test``, ``n_tags``, ``n_category_tags``, ``n_attribute_tags``, ``data_fingerprint``.
     """
-    config, vocab, model, calibration = load_trained(out)
+    config, vocab, model, head, calibration = load_trained(out)
     prep = prepare(config)
     if prep.fingerprint != calibration["fingerprint"]:
         raise ValueError("the data changed since this model was trained (fingerprint mismatch)")
@@ -39,8 +39,8 @@ def evaluate_run(out: Path, write: bool = True) -> dict[str, Any]:
     )  # fmt: skip
     test, train = prep.split.test, prep.split.train
     texts = [r.text for r in prep.records]
-    logits, _ = predict(model, load_tokenizer(), [texts[i] for i in test], config.max_length)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / card.temperature))
+    logits, _ = score(model, head, load_tokenizer(), [texts[i] for i in test], config.max_length)
+    probs = 1.0 / (1.0 + np.exp(-logits / card.temperature))
     pred, _ = decide(probs, card)
     y, mask = prep.y[test], prep.mask[test]
     ours = tag_metrics(y, pred, mask, vocab)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from services.trainer.artifacts import ModelCard, load_model_card
+from services.trainer.head import TagHead
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
@@ -22,7 +23,10 @@ TOKENIZER_DIR = "tokenizer"
 
 
 class TagModelRuntime:
-    """Loads ``model.onnx`` (onnxruntime) or ``model.pt`` (TorchScript) and the tokenizer of a version.
+    """Loads ``model.onnx`` (onnxruntime) or ``model.pt`` (TorchScript), the tag head and tokenizer of a version.
+
+    The encoder gives the embedding; the head (numpy) turns text + embedding into tag logits, and
+    ``PROBS = sigmoid(logits / temperature)``.
 
     Parameters
     ----------
@@ -45,6 +49,7 @@ class TagModelRuntime:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(
             str(self.version_dir / TOKENIZER_DIR), local_files_only=True
         )
+        self.head = TagHead.load(self.version_dir)
         self.device = device
         if self.format == "onnx":
             import onnxruntime as ort
@@ -82,17 +87,23 @@ class TagModelRuntime:
         return {"PROBS": probs, "EMBEDDING": embs}
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        emb = self._embed(texts)
+        logits = self.head.logits(texts, emb)
+        probs = 1.0 / (1.0 + np.exp(-logits / self.card.temperature))
+        return probs.astype(np.float32), emb
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         ids = enc["input_ids"].astype(np.int64)
         att = enc["attention_mask"].astype(np.int64)
         if self.format == "onnx":
-            probs, emb = self._session.run(None, {"input_ids": ids, "attention_mask": att})
-            return probs, emb
+            (emb,) = self._session.run(None, {"input_ids": ids, "attention_mask": att})
+            return np.asarray(emb, dtype=np.float32)
         import torch
 
         with torch.inference_mode():
-            p, e = self._module(torch.from_numpy(ids).to(self.device), torch.from_numpy(att).to(self.device))
-        return p.float().cpu().numpy(), e.float().cpu().numpy()
+            e = self._module(torch.from_numpy(ids).to(self.device), torch.from_numpy(att).to(self.device))
+        return e.float().cpu().numpy()
 
 
 class TritonTagModel:

@@ -3,7 +3,12 @@
 ``train(config)`` writes into ``config.out``:
 ``config.json`` (the run's settings), ``vocab.json``, ``checkpoint.pt`` (resume state, rewritten
 every ``checkpoint_every`` steps and at each epoch end) and, when training is done, ``model.pt``
-(final weights), ``calibration.json`` (temperature, thresholds) and ``metrics.json``.
+(final encoder weights), the tag head (``head.npz``, ``lexicon.json``), ``calibration.json``
+(temperature, thresholds) and ``metrics.json``.
+
+Two stages: (1) fine-tune the encoder end to end with a linear multi-label head on its embedding;
+(2) freeze it and fit the served :class:`~services.trainer.head.TagHead` (linear SVMs over the
+embedding plus lexical TF-IDF features) on the training listings.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from pydantic import BaseModel
 
 from services.trainer.artifacts import VocabEntry
 from services.trainer.data import Format, Record, fingerprint, load_records
+from services.trainer.head import TagHead
 from services.trainer.labels import build_vocabulary, label_matrix, map_to_taxonomy
 from services.trainer.model import TagModel, load_tokenizer
 from services.trainer.split import Split, group_split
@@ -57,14 +63,17 @@ class TrainConfig(BaseModel):
     val_frac: float = 0.1
     test_frac: float = 0.2
     target_precision: float = 0.8
+    # Thresholds only ever raise a tag's cut above the head's own decision boundary (margin 0,
+    # i.e. probability 0.5): the SVMs are already precise, lower cuts bought recall at a loss of F1.
+    min_threshold: float = 0.5
     checkpoint_every: int = 200
     # Exact duplicate listings (same text and labels; the Flipkart file has thousands) add no
     # information, only weight and time: train on one copy of each.
     dedupe: bool = True
-    # Stage 2: full-batch steps refitting the linear head on the fine-tuned (then frozen)
-    # embeddings; cheap, and lets rare tags converge where a few encoder epochs cannot.
-    head_refit_steps: int = 300
-    head_refit_lr: float = 1e-2
+    # Stage 2, the served head (services/trainer/head.py): SVM regularisation and the weight of the
+    # embedding block against the (unit-norm) TF-IDF block.
+    head_c: float = 1.0
+    head_embedding_weight: float = 1.0
 
 
 @dataclass
@@ -293,29 +302,36 @@ def train(
         if bar is not None:
             bar.close()
 
-    if config.head_refit_steps > 0:
-        emb = predict(model, tokenizer, [texts[i] for i in train_idx], config.max_length)[1]
-        refit_head(model, emb, prep.y[train_idx], prep.mask[train_idx], config)
     torch.save(model.state_dict(), out / MODEL_FILE)
-    calibrate(model, tokenizer, prep, config, out)
+    head = fit_head(model, tokenizer, prep, config)
+    head.save(out)
+    calibrate(model, head, tokenizer, prep, config, out)
     return out
 
 
-def refit_head(model: TagModel, embeddings: np.ndarray, y: np.ndarray, mask: np.ndarray, config: TrainConfig) -> None:
-    """Retrain the head (weights, bias, scale) on fixed embeddings with full-batch AdamW; seeded."""
-    torch.manual_seed(config.seed)
-    x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
-    yt, mt = torch.from_numpy(y), torch.from_numpy(mask)
-    params = [model.head.weight, model.head.bias, model.scale]
-    opt = torch.optim.AdamW(params, lr=config.head_refit_lr, weight_decay=config.weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
-    with torch.enable_grad():
-        for _ in range(config.head_refit_steps):
-            logits = model.head(x) * model.scale
-            loss = (loss_fn(logits, yt) * mt).sum() / len(x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+def fit_head(model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfig) -> TagHead:
+    """Stage 2: the served head on the fine-tuned, frozen embeddings of every training listing.
+
+    All training rows, duplicates included (as the baseline sees them): a listing sold many
+    times weighs more. Each distinct text is embedded once.
+    """
+    rows = prep.split.train
+    texts = [prep.records[i].text for i in rows]
+    distinct = list(dict.fromkeys(texts))
+    emb = predict(model, tokenizer, distinct, config.max_length)[1]
+    at = {t: k for k, t in enumerate(distinct)}
+    return TagHead.fit(
+        texts, emb[[at[t] for t in texts]], prep.y[rows], prep.mask[rows],
+        c=config.head_c, embedding_weight=config.head_embedding_weight, seed=config.seed,
+    )  # fmt: skip
+
+
+def score(
+    model: TagModel, head: TagHead, tokenizer: Any, texts: Sequence[str], max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(head logits float64 [n, n_tags], embeddings [n, dim])``: what a served version computes."""
+    emb = predict(model, tokenizer, texts, max_length)[1]
+    return head.logits(texts, emb), emb
 
 
 def tag_texts(vocab: Sequence[VocabEntry]) -> list[str]:
@@ -331,17 +347,19 @@ def tag_texts(vocab: Sequence[VocabEntry]) -> list[str]:
     return texts
 
 
-def calibrate(model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfig, out: Path) -> dict[str, Any]:
+def calibrate(
+    model: TagModel, head: TagHead, tokenizer: Any, prep: Prepared, config: TrainConfig, out: Path
+) -> dict[str, Any]:
     """Fit the temperature, per-tag thresholds and zero-shot calibration on the validation split.
 
     Writes ``calibration.json``; deterministic for a given model and data.
     """
     val = prep.split.val
-    logits, emb = predict(model, tokenizer, [prep.records[i].text for i in val], config.max_length)
+    logits, emb = score(model, head, tokenizer, [prep.records[i].text for i in val], config.max_length)
     y, mask = prep.y[val], prep.mask[val]
-    temperature = fit_temperature(logits.astype(np.float64), y, mask)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / temperature))
-    thresholds = tune_thresholds(probs, y, mask, config.target_precision)
+    temperature = fit_temperature(logits, y, mask)
+    probs = 1.0 / (1.0 + np.exp(-logits / temperature))
+    thresholds = tune_thresholds(probs, y, mask, config.target_precision, min_threshold=config.min_threshold)
     _, tag_emb = predict(model, tokenizer, tag_texts(prep.vocab), config.max_length)
     zs_threshold, zs_scale = fit_zero_shot(emb.astype(np.float64) @ tag_emb.T.astype(np.float64), y, mask)
     calibration = {
@@ -357,16 +375,26 @@ def calibrate(model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConf
 
 def recalibrate(out: Path) -> dict[str, Any]:
     """Re-run :func:`calibrate` for the finished run in ``out`` (e.g. after a calibration change)."""
-    config, _, model, _ = load_trained(out)
-    return calibrate(model, load_tokenizer(), prepare(config), config, Path(out))
+    run = load_trained(out)
+    return calibrate(run.model, run.head, load_tokenizer(), prepare(run.config), run.config, Path(out))
 
 
-def load_trained(out: Path) -> tuple[TrainConfig, list[VocabEntry], TagModel, dict[str, Any]]:
-    """Config, vocabulary, model (eval mode) and calibration of a finished run in ``out``."""
+class TrainedRun(NamedTuple):
+    """A finished run: its settings, vocabulary, encoder (eval mode), served head and calibration."""
+
+    config: TrainConfig
+    vocab: list[VocabEntry]
+    model: TagModel
+    head: TagHead
+    calibration: dict[str, Any]
+
+
+def load_trained(out: Path) -> TrainedRun:
+    """Everything a finished run in ``out`` left behind, loaded."""
     out = Path(out)
     config = TrainConfig.model_validate_json((out / CONFIG_FILE).read_text())
     vocab = [VocabEntry.model_validate(v) for v in json.loads((out / VOCAB_FILE).read_text())]
     model = TagModel(len(vocab), config_only=True)
     model.load_state_dict(torch.load(out / MODEL_FILE, weights_only=True))
     calibration = json.loads((out / CALIBRATION_FILE).read_text())
-    return config, vocab, model.eval(), calibration
+    return TrainedRun(config, vocab, model.eval(), TagHead.load(out), calibration)

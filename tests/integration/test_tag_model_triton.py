@@ -22,7 +22,7 @@ from services.trainer.model import load_tokenizer
 from services.trainer.predictor import close_hierarchy, parent_index, tags_from_probs
 from services.trainer.report import evaluate_run
 from services.trainer.runtime import TagModelRuntime
-from services.trainer.train import MODEL_FILE, TrainConfig, load_trained, predict, prepare, train
+from services.trainer.train import MODEL_FILE, TrainConfig, load_trained, prepare, score, train
 from shared.devstack.triton import TritonEndpoints, start_triton, stop_triton, tritonserver_available
 from shared.events import TagKind
 from shared.triton_client import TritonTextClient
@@ -87,7 +87,7 @@ def test_eval_json_has_keys_and_baseline_on_the_same_split(run_dir: Path, eval_j
         "n_tags",
     ):
         assert key in eval_json
-    config, vocab, _, _ = load_trained(run_dir)
+    config, vocab, *_ = load_trained(run_dir)
     prep = prepare(config)
     assert eval_json["n_test"] == len(prep.split.test) > 0
     assert eval_json["n_tags"] == len(vocab)
@@ -108,7 +108,8 @@ def test_eval_json_has_keys_and_baseline_on_the_same_split(run_dir: Path, eval_j
 
 def test_export_writes_a_versioned_model_with_its_card(version_dir: Path, run_dir: Path, eval_json: dict) -> None:
     assert version_dir.name == "1" and latest_version(version_dir.parents[1], MODEL) == 1
-    assert {"model.py", "model.onnx", "model_card.json", "tokenizer"} <= {p.name for p in version_dir.iterdir()}
+    expected = {"model.py", "model.onnx", "head.npz", "lexicon.json", "model_card.json", "tokenizer"}
+    assert expected <= {p.name for p in version_dir.iterdir()}
     assert (version_dir.parent / "config.pbtxt").is_file()
     card = load_model_card(version_dir)
     assert card.model_name == MODEL and card.version == 1 and card.export_format == "onnx"
@@ -135,8 +136,8 @@ def test_triton_outputs_equal_in_process_outputs_and_closure_holds(
     np.testing.assert_allclose(served["PROBS"], local["PROBS"], atol=1e-4)
     np.testing.assert_allclose(served["EMBEDDING"], local["EMBEDDING"], atol=1e-4)
     # And the exported graph computes what the trained torch model computes.
-    config, _, model, calibration = load_trained(run_dir)
-    logits, emb = predict(model, load_tokenizer(), texts, config.max_length)
+    config, _, model, head, calibration = load_trained(run_dir)
+    logits, emb = score(model, head, load_tokenizer(), texts, config.max_length)
     np.testing.assert_allclose(served["PROBS"], 1 / (1 + np.exp(-logits / calibration["temperature"])), atol=1e-4)
     np.testing.assert_allclose(served["EMBEDDING"], emb, atol=1e-4)
 
