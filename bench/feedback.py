@@ -246,6 +246,9 @@ def _end_to_end(
             # about 1 / (worker + postgres) per event.
             "cpu_us_per_event": {"worker": round(worker_us, 1), "postgres_backends": round(pg_us, 1)},
             "idle_cores_estimate_events_per_s": _rate(1, (worker_us + pg_us) / 1e6),
+            # The batch engine decodes the next poll while Postgres writes the last: with a core each,
+            # the slower of the two bounds it.
+            "idle_cores_overlapped_bound_events_per_s": _rate(1, max(worker_us, pg_us) / 1e6),
             "counted_events_measured": steady_n,
             "seconds": round(steady_s, 3),
             "exactly_once_verified": set(mismatches.values()) == {0},

@@ -48,7 +48,7 @@ def all_migrations() -> list[Migration]:
 
 def run_cmd(
     group: Annotated[str, typer.Option(help="Consumer group (faust app id).")] = "tagloop-feedback",
-    batch_size: Annotated[int, typer.Option(help="Max events per micro-batch/transaction.")] = 5000,
+    batch_size: Annotated[int, typer.Option(help="Max events per micro-batch/transaction.")] = 10_000,
     within: Annotated[float, typer.Option(help="Max seconds to fill a micro-batch.")] = 0.5,
     web: Annotated[bool, typer.Option(help="Run faust's web server on a free loopback port.")] = False,
     engine: Annotated[str, typer.Option(help="faust (the faust app) or batch (aiokafka batches, faster).")] = "faust",
@@ -62,7 +62,9 @@ def run_cmd(
 
     if engine not in ("faust", "batch"):
         raise typer.BadParameter("engine must be faust or batch")
-    config = FeedbackConfig(group=group, batch_size=batch_size, within_s=within, web=web, metrics_port=metrics_port)
+    config = FeedbackConfig(
+        group=group, batch_size=batch_size, within_s=within, web=web, metrics_port=metrics_port, writers=writers
+    )
     run_worker(Settings(), config, engine=engine)
 
 
