@@ -67,11 +67,14 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         # offsets, and getmany must hand out nothing from there while Postgres is asked.
         assigned = list(assigned)
         self.consumer.pause(*assigned)
-        store = await self.service.store()
-        resume = resume_positions(((tp.topic, tp.partition) for tp in assigned), await store.stored_offsets())
-        for (topic, partition), offset in resume.items():
-            self.consumer.seek(TopicPartition(topic, partition), offset)  # also drops what was prefetched
-        self.consumer.resume(*assigned)
+        try:
+            store = await self.service.store()
+            resume = resume_positions([(tp.topic, tp.partition) for tp in assigned], await store.stored_offsets())
+            for (topic, partition), offset in resume.items():
+                self.consumer.seek(TopicPartition(topic, partition), offset)  # also drops what was prefetched
+        finally:
+            # Even if the seek failed: reading from Kafka's position re-reads, and event ids dedup that.
+            self.consumer.resume(*assigned)
         log.info("feedback: assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
