@@ -35,7 +35,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         data: Annotated[Path | None, typer.Option(help="Data dir (flipkart) or CSV/JSONL file.")] = None,
         format: Annotated[str, typer.Option("--format", help="flipkart | csv | jsonl")] = "flipkart",
         out: Annotated[Path, typer.Option(help="Run directory (checkpoint, calibration, metrics).")] = DEFAULT_RUN,
-        epochs: int = 2,
+        epochs: int = 3,
         batch_size: int = 32,
         max_length: int = 64,
         limit: Annotated[int | None, typer.Option(help="Use only the first N listings.")] = None,

@@ -48,7 +48,7 @@ class TrainConfig(BaseModel):
     format: Format = "flipkart"
     out: Path = Path("artifacts/tag_model")
     taxonomy: Path | None = Path("../shared/data/shopify-taxonomy")
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 32
     max_length: int = 64
     limit: int | None = None
