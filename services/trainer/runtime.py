@@ -6,6 +6,7 @@ in-process callers run the same code on the same files and get the same numbers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import numpy as np
 
 from services.trainer.artifacts import ModelCard, load_model_card
 from services.trainer.head import TagHead
+from shared.triton_backend import answer_merged
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
@@ -127,37 +129,9 @@ class TritonTagModel:
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        pb = self._pb
-        responses: list[Any] = [None] * len(requests)
-        texts: list[str] = []
-        spans: list[tuple[int, int, int]] = []
-        for r, request in enumerate(requests):
-            tensor = pb.get_input_tensor_by_name(request, "TEXT")
-            try:
-                if tensor is None:
-                    raise ValueError("missing input TEXT")
-                values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in tensor.as_numpy().reshape(-1)]
-            except (ValueError, UnicodeDecodeError) as exc:
-                err = pb.TritonError(f"bad TEXT: {exc}", pb.TritonError.INVALID_ARG)
-                responses[r] = pb.InferenceResponse(error=err)
-                continue
-            spans.append((r, len(texts), len(texts) + len(values)))
-            texts.extend(values)
-        if spans:
-            try:
-                out = self.runtime.infer(texts, batch_size=self.batch_size)
-            except Exception as exc:  # answer each request instead of crashing the instance
-                err = pb.TritonError(f"tag model failed: {exc}", pb.TritonError.INTERNAL)
-                for r, _, _ in spans:
-                    responses[r] = pb.InferenceResponse(error=err)
-            else:
-                for r, start, end in spans:
-                    tensors = [
-                        pb.Tensor("PROBS", out["PROBS"][start:end]),
-                        pb.Tensor("EMBEDDING", out["EMBEDDING"][start:end]),
-                    ]
-                    responses[r] = pb.InferenceResponse(output_tensors=tensors)
-        return responses
+        # Empty texts are allowed here: they get the head's priors (the tagger validates listings).
+        run = functools.partial(self.runtime.infer, batch_size=self.batch_size)
+        return answer_merged(self._pb, requests, run, "tag model", allow_empty=True)
 
     def finalize(self) -> None:
         self.runtime = None  # type: ignore[assignment]

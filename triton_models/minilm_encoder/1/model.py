@@ -19,33 +19,11 @@ import triton_python_backend_utils as pb_utils
 
 try:
     from shared.encoder import MiniLMEncoder
+    from shared.triton_backend import answer_merged
 except ImportError:  # the stub's python lacks the editable install: use the repo this file lives in
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     from shared.encoder import MiniLMEncoder
-
-
-class InvalidText(ValueError):
-    """One request's TEXT cannot be embedded; answered with INVALID_ARG."""
-
-
-def decode_texts(values: np.ndarray) -> list[str]:
-    """UTF-8 texts of one request's TEXT tensor; raise :class:`InvalidText` on bad items."""
-    texts = []
-    for i, value in enumerate(values.reshape(-1)):
-        if isinstance(value, bytes):
-            try:
-                text = value.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidText(f"TEXT[{i}] is not valid UTF-8: {exc}") from exc
-        elif isinstance(value, str):
-            text = value
-        else:
-            raise InvalidText(f"TEXT[{i}] has type {type(value).__name__}, expected bytes")
-        if not text.strip():
-            # An empty title is an upstream bug; embedding it would hide that.
-            raise InvalidText(f"TEXT[{i}] is empty")
-        texts.append(text)
-    return texts
+    from shared.triton_backend import answer_merged
 
 
 class TritonPythonModel:
@@ -74,36 +52,11 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        texts: list[str] = []
-        spans: list[tuple[int, int, int]] = []  # (request index, start, end) into texts
-        for r, request in enumerate(requests):
-            try:
-                tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
-                if tensor is None:
-                    raise InvalidText("missing input TEXT")
-                request_texts = decode_texts(tensor.as_numpy())
-            except InvalidText as exc:
-                responses[r] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                )
-                continue
-            spans.append((r, len(texts), len(texts) + len(request_texts)))
-            texts.extend(request_texts)
+        # An empty title is an upstream bug; embedding it would hide that (INVALID_ARG).
+        return answer_merged(pb_utils, requests, self._embed, "encoding")
 
-        if spans:
-            # One forward pass over every valid request that the dynamic batcher merged.
-            try:
-                embeddings = self.encoder.encode(texts, batch_size=self.batch_size)
-            except Exception as exc:  # answer each request instead of crashing the instance
-                error = pb_utils.TritonError(f"encoding failed: {exc}", pb_utils.TritonError.INTERNAL)
-                for r, _, _ in spans:
-                    responses[r] = pb_utils.InferenceResponse(error=error)
-            else:
-                for r, start, end in spans:
-                    out = pb_utils.Tensor("EMBEDDING", embeddings[start:end])
-                    responses[r] = pb_utils.InferenceResponse(output_tensors=[out])
-        return responses
+    def _embed(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return {"EMBEDDING": self.encoder.encode(texts, batch_size=self.batch_size)}
 
     def finalize(self) -> None:
         self.encoder = None
