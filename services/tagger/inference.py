@@ -157,7 +157,7 @@ class TritonTagModelBackend:
 
 async def build_backend(settings: Settings) -> TagBackend:
     """The trained tag model if a version is in the repository and served, else zero-shot."""
-    from services.trainer.artifacts import latest_version
+    from shared.model_repository import latest_version
 
     version = latest_version(settings.triton_model_repository, settings.triton.tag_model)
     if version is not None:

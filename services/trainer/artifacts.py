@@ -14,8 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import TagKind, utc_now
-
-MODEL_CARD_FILE = "model_card.json"
+from shared.model_repository import MODEL_CARD_FILE
 
 
 class VocabEntry(BaseModel):
@@ -61,15 +60,6 @@ class ModelCard(BaseModel):
 
     def tag_index(self) -> dict[str, int]:
         return {v.tag_id: i for i, v in enumerate(self.vocabulary)}
-
-
-def latest_version(repository: Path, model_name: str) -> int | None:
-    """Highest numbered version directory of ``model_name`` that holds a model card, or None."""
-    model_dir = Path(repository) / model_name
-    if not model_dir.is_dir():
-        return None
-    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MODEL_CARD_FILE).is_file()]
-    return max(versions, default=None)
 
 
 def load_model_card(version_dir: Path) -> ModelCard:

@@ -20,6 +20,7 @@ from psycopg import sql
 
 from shared.devstack import broker, postgres
 from shared.devstack.process import ManagedProcess
+from shared.model_repository import latest_version
 from shared.settings import Settings, stack_file
 
 ENCODER_MODEL = "minilm_encoder"
@@ -87,8 +88,6 @@ def drop_database(server_url: str, dbname: str) -> None:
 
 def models_to_load(repository: Path, tag_model: str) -> list[str]:
     """The encoder always; the trained tag model when a version of it exists."""
-    from services.trainer.artifacts import latest_version
-
     return [ENCODER_MODEL] + ([tag_model] if latest_version(repository, tag_model) is not None else [])
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.trainer.artifacts import latest_version, load_model_card
+from services.trainer.artifacts import load_model_card
 from services.trainer.baseline import TfidfSvmBaseline
 from services.trainer.evaluate import tag_metrics
 from services.trainer.export import export
@@ -25,6 +25,7 @@ from services.trainer.runtime import TagModelRuntime
 from services.trainer.train import MODEL_FILE, TrainConfig, load_trained, prepare, score, train
 from shared.devstack.triton import TritonEndpoints, start_triton, stop_triton, tritonserver_available
 from shared.events import TagKind
+from shared.model_repository import latest_version
 from shared.triton_client import TritonTextClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
