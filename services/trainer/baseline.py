@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import LinearSVC
+
+from services.trainer.head import word_tfidf
 
 
 class TfidfSvmBaseline:
@@ -18,7 +19,7 @@ class TfidfSvmBaseline:
     def __init__(self, c: float = 1.0, seed: int = 0):
         self.c = c
         self.seed = seed
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
+        self.vectorizer = word_tfidf()
         self.models: list[LinearSVC | float] = []
 
     def fit(self, texts: Sequence[str], y: np.ndarray, mask: np.ndarray | None = None) -> TfidfSvmBaseline:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,13 @@ HEAD_FILE = "head.npz"
 LEXICON_FILE = "lexicon.json"
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
+
+
+def word_tfidf() -> Any:
+    """The scikit-learn vectorizer whose features :class:`Lexicon` reproduces (also the baseline's)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,8 @@ class Lexicon:
     idf: np.ndarray  # float64 [n_features]
 
     @classmethod
-    def fit(cls, texts: Sequence[str]) -> Lexicon:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True).fit(texts)
+    def from_vectorizer(cls, vec: Any) -> Lexicon:
+        """The terms and idf of a fitted :func:`word_tfidf`."""
         return cls({t: int(i) for t, i in vec.vocabulary_.items()}, np.asarray(vec.idf_, dtype=np.float64))
 
     @property
@@ -78,10 +84,6 @@ class TagHead:
     semantic: np.ndarray  # float32 [embedding_dim, n_tags] (embedding_weight folded in)
     bias: np.ndarray  # float32 [n_tags]
 
-    @property
-    def n_tags(self) -> int:
-        return int(self.bias.shape[0])
-
     def logits(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
         """``float64 [n, n_tags]``: the margin of each tag's scorer."""
         out = np.asarray(embeddings, dtype=np.float64) @ self.semantic.astype(np.float64) + self.bias
@@ -107,14 +109,13 @@ class TagHead:
         A tag with one class only among its rows gets a constant margin of +-1.
         """
         import scipy.sparse as sp
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.svm import LinearSVC
 
-        lexicon = Lexicon.fit(texts)
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, vocabulary=lexicon.vocabulary)
-        vec.idf_ = lexicon.idf
+        vec = word_tfidf()
+        lexical_x = vec.fit_transform(texts)
+        lexicon = Lexicon.from_vectorizer(vec)
         emb = np.asarray(embeddings, dtype=np.float64)
-        x = sp.hstack([vec.transform(texts), sp.csr_matrix(embedding_weight * emb)]).tocsr()
+        x = sp.hstack([lexical_x, sp.csr_matrix(embedding_weight * emb)]).tocsr()
         n_feat, n_tags = lexicon.size, y.shape[1]
         weights = np.zeros((x.shape[1], n_tags), dtype=np.float32)
         bias = np.zeros(n_tags, dtype=np.float32)

@@ -171,22 +171,17 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list
 
 
 @torch.inference_mode()
-def predict(
-    model: TagModel, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits [n, n_tags], embeddings [n, dim])`` of ``texts``, in their order."""
+def embed(model: TagModel, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """``float32 [n, dim]`` fine-tuned embeddings of ``texts``, in their order."""
     model.eval()
     encoded = tokenize(tokenizer, texts, max_length)
     order = sorted(range(len(texts)), key=lambda i: (len(encoded[i]), i))
-    logits = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
     embs = np.zeros((len(texts), model.head.in_features), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, att = _collate(encoded, idx, tokenizer.pad_token_id)
-        lo, em = model(ids, att)
-        logits[idx] = lo.numpy()
-        embs[idx] = em.numpy()
-    return logits, embs
+        embs[idx] = model(ids, att)[1].numpy()
+    return embs
 
 
 def _optimizer(model: TagModel, config: TrainConfig, total_steps: int) -> tuple[Any, Any]:
@@ -322,7 +317,7 @@ def fit_head(model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfi
     rows = prep.split.train
     texts = [prep.records[i].text for i in rows]
     distinct = list(dict.fromkeys(texts))
-    emb = predict(model, tokenizer, distinct, config.max_length)[1]
+    emb = embed(model, tokenizer, distinct, config.max_length)
     at = {t: k for k, t in enumerate(distinct)}
     return TagHead.fit(
         texts, emb[[at[t] for t in texts]], prep.y[rows], prep.mask[rows],
@@ -334,7 +329,7 @@ def score(
     model: TagModel, head: TagHead, tokenizer: Any, texts: Sequence[str], max_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(head logits float64 [n, n_tags], embeddings [n, dim])``: what a served version computes."""
-    emb = predict(model, tokenizer, texts, max_length)[1]
+    emb = embed(model, tokenizer, texts, max_length)
     return head.logits(texts, emb), emb
 
 
@@ -366,7 +361,7 @@ def calibrate(
     thresholds = tune_thresholds(
         probs, y, mask, config.target_precision, config.threshold_min_positives, config.min_threshold
     )
-    _, tag_emb = predict(model, tokenizer, tag_texts(prep.vocab), config.max_length)
+    tag_emb = embed(model, tokenizer, tag_texts(prep.vocab), config.max_length)
     zs_threshold, zs_scale = fit_zero_shot(emb.astype(np.float64) @ tag_emb.T.astype(np.float64), y, mask)
     calibration = {
         "temperature": temperature,

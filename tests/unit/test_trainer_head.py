@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from services.trainer.head import Lexicon, TagHead
+from services.trainer.head import Lexicon, TagHead, word_tfidf
 
 TEXTS = [
     "Alisha Solid Women's Cycling Shorts",
@@ -22,7 +22,7 @@ TEXTS = [
 
 
 def test_lexicon_rows_equal_scikit_learn_tfidf() -> None:
-    lex = Lexicon.fit(TEXTS[:5])
+    lex = Lexicon.from_vectorizer(word_tfidf().fit(TEXTS[:5]))
     ref = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(TEXTS[:5])
     assert lex.vocabulary == ref.vocabulary_
     texts = [*TEXTS, "SHOES shoes unknownword women"]
