@@ -1,20 +1,32 @@
-"""Kafka adapters shared by every service: client configs, topics, dead letters.
+"""Kafka adapters shared by every service: client configs and topics.
 
-Only confluent-kafka (librdkafka) and faust/aiokafka configuration lives here;
-services build their own clients from these dicts in their bootstrap.
+The one place that turns :class:`~shared.settings.KafkaSettings` (connection and
+security) into client configuration, for all three client families:
+confluent-kafka (:func:`client_config`, :func:`consumer_config`,
+:func:`producer_config`), aiokafka (:func:`aiokafka_config`) and faust
+(:func:`faust_broker_config`). Services build their own clients from these in
+their bootstrap. The SASL password leaves its ``SecretStr`` only here.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from shared.events import DeadLetter, encode
 from shared.settings import KafkaSettings, Settings, TopicSettings
+
+if TYPE_CHECKING:
+    import ssl
+
+    from faust.types.auth import CredentialsT
+
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# OAUTHBEARER needs a token callback, which settings cannot hold.
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI")
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -27,7 +39,7 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     optional = {
         "sasl.mechanism": kafka.sasl_mechanism,
         "sasl.username": kafka.sasl_username,
-        "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        "sasl.password": _password(kafka),
         "ssl.ca.location": kafka.ssl_cafile,
         "ssl.certificate.location": kafka.ssl_certfile,
         "ssl.key.location": kafka.ssl_keyfile,
@@ -43,6 +55,7 @@ def producer_config(kafka: KafkaSettings, transactional_id: str | None = None) -
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        "message.max.bytes": kafka.max_record_bytes,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id
@@ -69,6 +82,105 @@ def consumer_config(
 def aiokafka_url(kafka: KafkaSettings) -> str:
     """Broker URL in faust's form (``kafka://h1:9092;h2:9092``)."""
     return ";".join(f"kafka://{hp.strip()}" for hp in kafka.bootstrap_servers.split(",") if hp.strip())
+
+
+def aiokafka_config(kafka: KafkaSettings, client_id: str | None = None) -> dict[str, Any]:
+    """Connection and security keyword arguments for ``AIOKafkaConsumer`` / ``AIOKafkaProducer``.
+
+    Parameters
+    ----------
+    kafka
+        The Kafka settings; every security field is applied.
+    client_id
+        Overrides ``kafka.client_id`` (e.g. ``tagloop-feedback``).
+
+    Examples
+    --------
+    >>> aiokafka_config(KafkaSettings(bootstrap_servers="k1:9092"))
+    {'bootstrap_servers': 'k1:9092', 'client_id': 'tagloop', 'security_protocol': 'PLAINTEXT'}
+    """
+    protocol = _protocol(kafka)
+    conf: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": client_id or kafka.client_id,
+        "security_protocol": protocol,
+    }
+    if protocol.startswith("SASL_"):
+        conf |= {
+            "sasl_mechanism": _sasl_mechanism(kafka),
+            "sasl_plain_username": kafka.sasl_username,
+            "sasl_plain_password": _password(kafka),
+        }
+    context = ssl_context(kafka)
+    if context is not None:
+        conf["ssl_context"] = context
+    return conf
+
+
+def faust_credentials(kafka: KafkaSettings) -> CredentialsT | None:
+    """faust's ``broker_credentials`` for these settings; ``None`` for PLAINTEXT.
+
+    faust hands them to every aiokafka consumer and producer it builds
+    (``faust.transport.drivers.aiokafka.credentials_to_aiokafka_auth``); the TLS
+    context travels inside them, which is what makes faust pick ``SASL_SSL``.
+    """
+    import faust  # faust is heavy: only the feedback service imports it
+
+    protocol, context = _protocol(kafka), ssl_context(kafka)
+    if protocol.startswith("SASL_"):
+        mechanism = _sasl_mechanism(kafka)
+        if mechanism == "GSSAPI":
+            return faust.GSSAPICredentials(ssl_context=context)
+        return faust.SASLCredentials(
+            username=kafka.sasl_username, password=_password(kafka), mechanism=mechanism, ssl_context=context
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def faust_broker_config(kafka: KafkaSettings, client_id: str | None = None) -> dict[str, Any]:
+    """The broker keyword arguments of ``faust.App``: URL, client id and credentials."""
+    return {
+        "broker": aiokafka_url(kafka),
+        "broker_client_id": client_id or kafka.client_id,
+        "broker_credentials": faust_credentials(kafka),
+    }
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context of aiokafka and faust clients (CA, client cert and key); ``None`` without SSL.
+
+    Without ``ssl_cafile`` the system CAs verify the broker, as librdkafka does.
+    """
+    if _protocol(kafka) not in ("SSL", "SASL_SSL"):
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    return create_ssl_context(cafile=kafka.ssl_cafile, certfile=kafka.ssl_certfile, keyfile=kafka.ssl_keyfile)
+
+
+def _protocol(kafka: KafkaSettings) -> str:
+    protocol = kafka.security_protocol.upper()
+    if protocol not in _PROTOCOLS:
+        raise ValueError(f"unknown Kafka security_protocol {kafka.security_protocol!r}; expected one of {_PROTOCOLS}")
+    return protocol
+
+
+def _sasl_mechanism(kafka: KafkaSettings) -> str:
+    # No silent default: librdkafka would pick GSSAPI, aiokafka PLAIN.
+    mechanism = (kafka.sasl_mechanism or "").upper()
+    if mechanism not in _SASL_MECHANISMS:
+        raise ValueError(
+            f"Kafka sasl_mechanism {kafka.sasl_mechanism!r} with {kafka.security_protocol}; "
+            f"expected one of {_SASL_MECHANISMS}"
+        )
+    return mechanism
+
+
+def _password(kafka: KafkaSettings) -> str | None:
+    """The only place the SASL password is unwrapped: straight into a client configuration."""
+    return kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
 
 
 def topic_specs(topics: TopicSettings) -> list[NewTopic]:
@@ -133,44 +245,3 @@ def broker_ready(kafka: KafkaSettings, timeout_s: float = 2.0) -> bool:
     except KafkaException:
         return False
     return bool(md.brokers)
-
-
-def dead_letter_for(msg: Message, error: BaseException, service: str) -> DeadLetter:
-    """The dead-letter record for a consumed confluent-kafka message that could not be processed."""
-    return make_dead_letter(
-        topic=msg.topic() or "",
-        partition=msg.partition() or 0,
-        offset=msg.offset() or 0,
-        key=msg.key(),
-        value=msg.value(),
-        error=error,
-        service=service,
-    )
-
-
-def make_dead_letter(
-    *, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-    error: BaseException, service: str,
-) -> DeadLetter:
-    """The dead-letter record for any consumed message (confluent, aiokafka/faust or our own)."""
-    return DeadLetter(
-        original=value or b"",
-        original_key=key,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        error_class=type(error).__name__,
-        reason=_reason(error),
-        service=service,
-    )
-
-
-def _reason(error: BaseException) -> str:
-    # pydantic's ValidationError str() is multi-line and long; keep the useful head.
-    text = " ".join(str(error).split())
-    return text[:2000] or type(error).__name__
-
-
-def publish_dead_letter(producer: Producer, topic: str, letter: DeadLetter, on_delivery: Any = None) -> None:
-    """Produce a dead letter keyed like the original, so per-key order is kept there too."""
-    producer.produce(topic, key=letter.original_key, value=encode(letter), on_delivery=on_delivery)

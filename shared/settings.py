@@ -52,6 +52,9 @@ class KafkaSettings(BaseModel):
     # timeout; 6 s keeps tests fast there and is a sane value on Apache Kafka too.
     session_timeout_ms: int = 6000
     client_id: str = "tagloop"
+    # The largest record a tagloop producer writes: the topics' max.message.bytes (Kafka's default
+    # is ~1 MB). Dead letters are cut to fit it, so a huge bad record can never stop a service.
+    max_record_bytes: int = 1_000_000
 
 
 class TopicSettings(BaseModel):

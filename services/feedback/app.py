@@ -32,15 +32,15 @@ import orjson
 from confluent_kafka import Producer
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from pydantic import ValidationError
 
 from services.feedback.domain import Consumed, TagUpdate, max_offsets, resume_positions
 from services.feedback.migrations import MIGRATIONS
 from services.feedback.repository import PostgresFeedbackStore
 from shared.db import apply_migrations, async_pool
+from shared.dead_letters import DEFAULT_MAX_BYTES, make_dead_letter, publish_dead_letter
 from shared.devstack.process import free_port
-from shared.events import DeadLetter, FeedbackEvent, TagEvent, decode
-from shared.kafka import aiokafka_url, producer_config, publish_dead_letter
+from shared.events import DeadLetter, DecodeError, FeedbackEvent, TagEvent, decode_record, tombstone_id
+from shared.kafka import faust_broker_config, producer_config
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class FeedbackService:
         if self.timings.first_batch is None:
             self.timings.first_batch = time.monotonic()
         t0 = time.perf_counter()
-        good, bad = decode_feedback(events)
+        good, bad = decode_feedback(events, self.settings.kafka.max_record_bytes)
         self.timings.decode += time.perf_counter() - t0
         return DecodedBatch(good, bad, consumed_offsets(events), len(events))
 
@@ -239,7 +239,7 @@ class FeedbackService:
         Path(path).write_bytes(orjson.dumps(data))
 
     async def on_tags(self, events: Sequence[Record]) -> None:
-        updates, bad = decode_tags(events)
+        updates, bad = decode_tags(events, self.settings.kafka.max_record_bytes)
         if bad:
             await self.dead_letter(bad)
         store = await self.store()
@@ -254,46 +254,41 @@ def consumed_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
     return max_offsets((r.topic, r.partition, r.offset) for r in records)
 
 
-def _letter(message: Record, exc: BaseException) -> DeadLetter:
-    reason = " ".join(str(exc).split())[:2000] or type(exc).__name__
-    return DeadLetter(
-        original=message.value or b"",
-        original_key=message.key,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        error_class=type(exc).__name__,
-        reason=reason,
-        service=SERVICE,
+def _letter(message: Record, exc: BaseException, max_bytes: int) -> DeadLetter:
+    return make_dead_letter(
+        topic=message.topic, partition=message.partition, offset=message.offset, key=message.key,
+        value=message.value, error=exc, service=SERVICE, max_bytes=max_bytes,
     )
 
 
-def decode_feedback(records: Sequence[Record]) -> tuple[list[Consumed], list[DeadLetter]]:
-    """Validate raw feedback records; what does not validate becomes a dead letter."""
+def decode_feedback(
+    records: Sequence[Record], max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[list[Consumed], list[DeadLetter]]:
+    """Validate raw feedback records (key = ``user_id``); what does not validate becomes a dead letter."""
     good: list[Consumed] = []
     bad: list[DeadLetter] = []
     for m in records:
         try:
-            good.append(Consumed(decode(FeedbackEvent, m.value), m.topic, m.partition, m.offset))
-        except (ValidationError, ValueError) as exc:
-            bad.append(_letter(m, exc))
+            good.append(Consumed(decode_record(FeedbackEvent, m.key, m.value), m.topic, m.partition, m.offset))
+        except DecodeError as exc:
+            bad.append(_letter(m, exc, max_bytes))
     return good, bad
 
 
-def decode_tags(records: Sequence[Record]) -> tuple[list[TagUpdate], list[DeadLetter]]:
+def decode_tags(
+    records: Sequence[Record], max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[list[TagUpdate], list[DeadLetter]]:
     """Tag records to updates; a tombstone (no value) deletes the listing's tags."""
     updates: list[TagUpdate] = []
     bad: list[DeadLetter] = []
     for m in records:
         try:
             if m.value is None:
-                if not m.key:
-                    raise ValueError("tombstone without a key")
-                updates.append(TagUpdate.tombstone(m.key.decode(), m.partition, m.offset))
+                updates.append(TagUpdate.tombstone(tombstone_id(m.key), m.partition, m.offset))
             else:
-                updates.append(TagUpdate.from_event(decode(TagEvent, m.value), m.partition, m.offset))
-        except (ValidationError, ValueError) as exc:
-            bad.append(_letter(m, exc))
+                updates.append(TagUpdate.from_event(decode_record(TagEvent, m.key, m.value), m.partition, m.offset))
+        except DecodeError as exc:
+            bad.append(_letter(m, exc, max_bytes))
     return updates, bad
 
 
@@ -331,7 +326,8 @@ def build_app(settings: Settings, config: FeedbackConfig | None = None) -> faust
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     app = faust.App(
         config.group,
-        broker=aiokafka_url(settings.kafka),
+        # Broker URL, client id and credentials (SASL/SSL): faust passes them to every aiokafka client.
+        **faust_broker_config(settings.kafka, client_id=f"{settings.kafka.client_id}-feedback"),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

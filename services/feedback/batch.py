@@ -27,6 +27,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from services.feedback.app import DecodedBatch, FeedbackConfig, FeedbackService, Record
 from services.feedback.domain import resume_positions
+from shared.kafka import aiokafka_config
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,14 @@ def by_writer(records: Sequence[Record], writers: int) -> list[list[Record]]:
     return [groups[k] for k in sorted(groups)]
 
 
-async def run_batch_consumer(
-    settings: Settings, config: FeedbackConfig, stop: asyncio.Event | None = None
-) -> FeedbackService:
-    """Consume ``listing-tags`` and ``feedback`` until ``stop`` is set; returns the service (timings)."""
-    stop = stop or asyncio.Event()
-    service = FeedbackService(settings, config)
-    topics = settings.topics
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+def build_consumer(settings: Settings, config: FeedbackConfig) -> AIOKafkaConsumer:
+    """The engine's consumer (not started); connection and security come from :func:`aiokafka_config`.
+
+    Must be called inside a running event loop (aiokafka binds the consumer to it).
+    """
+    return AIOKafkaConsumer(
+        **aiokafka_config(settings.kafka, client_id=f"{settings.kafka.client_id}-feedback"),
         group_id=config.group,
-        client_id=f"{settings.kafka.client_id}-feedback",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=settings.kafka.session_timeout_ms,
@@ -113,8 +111,17 @@ async def run_batch_consumer(
         max_poll_records=config.batch_size,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
-        security_protocol=settings.kafka.security_protocol,
     )
+
+
+async def run_batch_consumer(
+    settings: Settings, config: FeedbackConfig, stop: asyncio.Event | None = None
+) -> FeedbackService:
+    """Consume ``listing-tags`` and ``feedback`` until ``stop`` is set; returns the service (timings)."""
+    stop = stop or asyncio.Event()
+    service = FeedbackService(settings, config)
+    topics = settings.topics
+    consumer = build_consumer(settings, config)
     in_flight = _InFlight()
     consumer.subscribe([topics.tags, topics.feedback], listener=_SeekToStored(consumer, service, in_flight))
     await consumer.start()

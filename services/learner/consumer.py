@@ -13,11 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from pydantic import ValidationError
 
 from services.learner.checkpoint import Offsets
 from services.learner.model import AffinityModel
-from shared.events import FeedbackEvent, TagEvent, decode
+from shared.events import DecodeError, FeedbackEvent, TagEvent, decode_record, tombstone_id
 from shared.kafka import consumer_config
 from shared.settings import Settings
 
@@ -91,23 +90,27 @@ class FeedbackSource:
 
 
 def apply(model: AffinityModel, msgs: Iterable[Message], tags_topic: str) -> Applied:
-    """Decode and learn each message in order; undecodable ones are returned for dead-lettering."""
+    """Decode and learn each message in order; undecodable ones are returned for dead-lettering.
+
+    The same record rules as every consumer (:func:`shared.events.decode_record`): a record
+    under a key that is not its event's id is rejected, not learned.
+    """
     out = Applied()
     for msg in msgs:
         try:
             if msg.topic() == tags_topic:
                 value = msg.value()
                 if value is None:  # tombstone: the listing is gone
-                    model.set_listing_tags((msg.key() or b"").decode(), None)
+                    model.set_listing_tags(tombstone_id(msg.key()), None)
                     continue
-                tag_event = decode(TagEvent, value)
+                tag_event = decode_record(TagEvent, msg.key(), value)
                 out.touched_users |= model.set_listing_tags(
                     tag_event.listing_id, [(t.tag_id, t.score) for t in tag_event.tags]
                 )
             else:
-                event = decode(FeedbackEvent, msg.value())
+                event = decode_record(FeedbackEvent, msg.key(), msg.value())
                 out.touched_users |= model.learn(event)
                 out.events += 1
-        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        except DecodeError as exc:
             out.rejected.append((msg, exc))
     return out

@@ -12,9 +12,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
+from shared.events import DecodeError, ListingEvent, ListingOp, Tag, TagEvent, decode_record, encode
 
-from shared.events import ListingEvent, ListingOp, Tag, TagEvent, decode, encode
+# The model reads at most this much of a listing (title first): tokenisers truncate far below it,
+# and a multi-megabyte description must not travel to Triton (gRPC caps messages at 4 MB).
+DEFAULT_MAX_TEXT_CHARS = 8_192
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ToTag:
     record: RawRecord
     listing: ListingEvent
     content_hash: str
+    text: str  # what the model reads: the listing's tagged text, bounded
 
 
 @dataclass
@@ -56,6 +59,7 @@ class OutRecord:
     topic: str
     key: bytes | None
     value: bytes | None  # None is a tombstone
+    source: RawRecord | None = None  # the consumed record it answers (dead-lettered if it cannot be produced)
 
 
 def content_hash(listing: ListingEvent) -> str:
@@ -64,13 +68,16 @@ def content_hash(listing: ListingEvent) -> str:
 
 
 def decode_listing(record: RawRecord) -> ListingEvent:
-    """Validate a record; the key, when present, must match the listing id (keys drive ordering)."""
-    listing = decode(ListingEvent, record.value)
-    if record.key is not None and record.key.decode("utf-8", "replace") != listing.listing_id:
-        raise ValueError(
-            f"message key {record.key[:100]!r} does not match listing_id {listing.listing_id!r}"
-        )
-    return listing
+    """Validate a record; the key, when present, must match the listing id (keys drive ordering).
+
+    Raises :class:`~shared.events.DecodeError`, the one error that becomes a dead letter.
+    """
+    return decode_record(ListingEvent, record.key, record.value)
+
+
+def model_text(listing: ListingEvent, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> str:
+    """The text the model reads: the listing's tagged text, cut at ``max_chars``."""
+    return listing.tagged_text()[:max_chars]
 
 
 class SeenContent:
@@ -103,7 +110,9 @@ class SeenContent:
             del self._last[listing_id]
 
 
-def plan_batch(records: Sequence[RawRecord], seen: SeenContent, model_version: str) -> BatchPlan:
+def plan_batch(
+    records: Sequence[RawRecord], seen: SeenContent, model_version: str, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+) -> BatchPlan:
     """Decode and route every record of a batch: tag, tombstone, skip (unchanged) or reject.
 
     ``seen`` is updated as the plan is made, so a batch holding two updates of one
@@ -113,7 +122,7 @@ def plan_batch(records: Sequence[RawRecord], seen: SeenContent, model_version: s
     for record in records:
         try:
             listing = decode_listing(record)
-        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+        except DecodeError as exc:
             plan.rejected.append(Rejected(record, exc))
             continue
         if listing.op == ListingOp.DELETED:
@@ -126,7 +135,7 @@ def plan_batch(records: Sequence[RawRecord], seen: SeenContent, model_version: s
             plan.unchanged.append(record)
             continue
         seen.remember(listing.listing_id, fingerprint, (record.topic, record.partition))
-        plan.to_tag.append(ToTag(record, listing, digest))
+        plan.to_tag.append(ToTag(record, listing, digest, model_text(listing, max_text_chars)))
     return plan
 
 
@@ -142,12 +151,12 @@ def tag_record(
         source_event_id=item.listing.event_id,
         content_hash=item.content_hash,
     )
-    return OutRecord(topic, item.listing.listing_id.encode(), encode(event))
+    return OutRecord(topic, item.listing.listing_id.encode(), encode(event), item.record)
 
 
-def tombstone_record(topic: str, listing: ListingEvent) -> OutRecord:
+def tombstone_record(topic: str, listing: ListingEvent, source: RawRecord | None = None) -> OutRecord:
     """A deleted listing clears its tags from the compacted changelog."""
-    return OutRecord(topic, listing.listing_id.encode(), None)
+    return OutRecord(topic, listing.listing_id.encode(), None, source)
 
 
 def next_offsets(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:

@@ -59,6 +59,7 @@ class HealthServer:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a half-open connection must not hold a thread for ever
             def do_GET(self) -> None:
                 if self.path.startswith("/metrics"):
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)

@@ -3,7 +3,12 @@
 Reads top to bottom in :meth:`TaggerPipeline.run`. Guarantees:
 
 * Offsets are committed only after every record a batch produced (tags, tombstones,
-  dead letters) is delivered, in batch order; so nothing acknowledged is lost.
+  dead letters) is delivered, in batch order; so nothing acknowledged is lost. Once any
+  delivery has failed, this process commits nothing more (not even later batches that
+  were delivered) and stops: the next owner of the partition redoes the work.
+* A record that cannot be produced as it is (too large, refused by the broker) is that
+  record's failure, not the process's: its input is dead-lettered with the reason. Dead
+  letters are cut to fit the topic, so a poison pill cannot stop the tagger.
 * Output for a listing version is deterministic and produced idempotently, so a
   redelivery after a crash repeats an identical record (a processing ``ts`` aside).
 * Several batches are inferred concurrently (``max_inflight``); when that bound is
@@ -24,10 +29,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import BaseModel
 
 from services.tagger.core import (
+    DEFAULT_MAX_TEXT_CHARS,
     BatchPlan,
     OutRecord,
     RawRecord,
@@ -40,8 +46,9 @@ from services.tagger.core import (
 from services.tagger.inference import TagBackend
 from services.tagger.metrics import TaggerMetrics
 from services.tagger.resilience import CircuitBreaker, CircuitState, call_with_retry
-from shared.events import encode
-from shared.kafka import consumer_config, make_dead_letter, producer_config
+from shared.dead_letters import make_dead_letter, without_original
+from shared.events import DeadLetter, decode, encode
+from shared.kafka import consumer_config, producer_config
 from shared.settings import Settings
 from shared.triton_client import is_retryable
 
@@ -58,11 +65,23 @@ class TaggerOptions(BaseModel):
     max_inflight: int = 4
     transactional: bool = False
     transactional_id: str | None = None
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # of a listing's text sent to the model
+
+
+# Broker answers that say "this record can never be written": the record's fault, not the process's.
+RECORD_FAULTS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
+})
+
+
+class DeliveryFailed(RuntimeError):
+    """A record was not delivered for a reason that is not the record's own: stop, commit nothing more."""
 
 
 @dataclass
 class BatchResult:
-    records: list[OutRecord]
+    records: list[OutRecord]  # in input order, each with the consumed record it answers
     event_ts: list[float]  # listing ts (epoch s) of each tag record, for end-to-end latency
 
 
@@ -103,6 +122,8 @@ class TaggerPipeline:
         self.paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        # The first delivery that failed: from then on this process commits nothing.
+        self.delivery_failed: KafkaError | None = None
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
 
@@ -137,7 +158,7 @@ class TaggerPipeline:
 
     async def _process(self, records: list[RawRecord]) -> BatchResult:
         """decode → plan → infer (with retries) → records to publish, in input order."""
-        plan = plan_batch(records, self.seen, self.backend.stamp.version)
+        plan = plan_batch(records, self.seen, self.backend.stamp.version, self.options.max_text_chars)
         by_record: dict[tuple[int, int], OutRecord] = {}
         tagged = await self._infer(plan)
         topic = self.settings.topics.tags
@@ -152,7 +173,7 @@ class TaggerPipeline:
                 by_record[_key(item.record)] = tag_record(topic, item, result, stamp.name, stamp.version)
                 event_ts.append(item.listing.ts.timestamp())
         for record, listing in plan.deleted:
-            by_record[_key(record)] = tombstone_record(topic, listing)
+            by_record[_key(record)] = tombstone_record(topic, listing, record)
         for rej in plan.rejected:
             by_record[_key(rej.record)] = self._dead_letter(rej.record, rej.error)
         self.metrics.skipped_unchanged.inc(len(plan.unchanged))
@@ -166,7 +187,7 @@ class TaggerPipeline:
         if not plan.to_tag:
             return results
         self.metrics.batch_size.observe(len(plan.to_tag))
-        texts = [item.listing.tagged_text() for item in plan.to_tag]
+        texts = [item.text for item in plan.to_tag]
         keys = [(item.record.offset, item.record.partition) for item in plan.to_tag]
         await self._infer_into(texts, keys, results)
         return results
@@ -209,7 +230,6 @@ class TaggerPipeline:
         if self.options.transactional:
             self.producer.begin_transaction()
         for rec in result.records:
-            batch.pending += 1
             self._produce(rec, batch)
         batch.published = True
         batch.event_ts = result.event_ts
@@ -221,12 +241,17 @@ class TaggerPipeline:
             self.producer.commit_transaction()
 
     def _produce(self, rec: OutRecord, batch: Inflight) -> None:
+        """Produce one record; one that cannot be produced as it is gets its input dead-lettered."""
         assert self.producer is not None
+        batch.pending += 1
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
             batch.pending -= 1
-            if err is not None:
-                batch.failed = err
+            if err is None:
+                return
+            if err.code() in RECORD_FAULTS and self._replace(rec, batch, f"the broker refused it: {err.str()}"):
+                return
+            batch.failed = batch.failed or err
 
         while True:
             try:
@@ -234,23 +259,57 @@ class TaggerPipeline:
                 break
             except BufferError:  # local queue full: serve deliveries, then retry
                 self.producer.poll(0.05)
-        kind = "dead_letter" if rec.topic == self.settings.topics.dead_letter else (
-            "tombstone" if rec.value is None else "tags")
-        if kind == "dead_letter":
+            except KafkaException as exc:  # refused before sending (too large for this client, ...)
+                batch.pending -= 1
+                err = exc.args[0]
+                if not self._replace(rec, batch, f"the producer refused it: {err.str()}"):
+                    raise DeliveryFailed(f"cannot produce to {rec.topic}: {err}") from exc
+                return
+        self._count(rec)
+
+    def _replace(self, rec: OutRecord, batch: Inflight, why: str) -> bool:
+        """Stand-in for a record that can never be written; False when there is none left to try.
+
+        Output for a listing becomes a dead letter of the listing; a dead letter loses its
+        original bytes (it keeps where the original is and why it failed).
+        """
+        if rec.topic != self.settings.topics.dead_letter:
+            if rec.source is None:
+                return False
+            letter = self._dead_letter(rec.source, RuntimeError(f"tag output for this listing not written: {why}"))
+        else:
+            old = decode(DeadLetter, rec.value)
+            if not old.original and old.original_key is None:
+                return False  # already bare: nothing left to drop
+            bare = without_original(old, why)
+            letter = OutRecord(rec.topic, None, encode(bare), rec.source)
+        log.warning("record for %s refused (%s); dead-lettering instead", rec.key, why)
+        self._produce(letter, batch)
+        return True
+
+    def _count(self, rec: OutRecord) -> None:
+        if rec.topic == self.settings.topics.dead_letter:
             self.metrics.dead_lettered.inc()
         else:
-            self.metrics.produced.labels(kind).inc()
+            self.metrics.produced.labels("tombstone" if rec.value is None else "tags").inc()
 
     def _commit_delivered(self, asynchronous: bool = True, commit: bool = True) -> list[TopicPartition]:
-        """Commit (unless ``commit=False``) the offsets of leading batches whose every record was delivered."""
+        """Commit (unless ``commit=False``) the offsets of leading batches whose every record was delivered.
+
+        Raises :class:`DeliveryFailed` at the first batch with an undelivered record; from then
+        on nothing is committed by this process, whatever was delivered after it.
+        """
         assert self.consumer is not None
+        if self.delivery_failed is not None:
+            return []
         offsets: dict[tuple[str, int], int] = {}
         now = time.time()
         while self.inflight and self.inflight[0].published and self.inflight[0].pending == 0:
             batch = self.inflight.popleft()
             if batch.failed is not None:
-                # Never commit past a record that was not delivered: fail, restart, redo.
-                raise RuntimeError(f"delivery failed: {batch.failed}")
+                # Never commit at or past a record that was not delivered: stop, the next owner redoes it.
+                self.delivery_failed = batch.failed
+                raise DeliveryFailed(f"delivery failed, nothing more is committed: {batch.failed}")
             for ts in batch.event_ts:
                 self.metrics.end_to_end.observe(max(0.0, now - ts))
             offsets.update(batch.offsets)
@@ -360,9 +419,9 @@ class TaggerPipeline:
     def _dead_letter(self, record: RawRecord, error: BaseException) -> OutRecord:
         letter = make_dead_letter(
             topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
-            value=record.value, error=error, service=SERVICE,
+            value=record.value, error=error, service=SERVICE, max_bytes=self.settings.kafka.max_record_bytes,
         )
-        return OutRecord(self.settings.topics.dead_letter, record.key, encode(letter))
+        return OutRecord(self.settings.topics.dead_letter, letter.original_key, encode(letter), record)
 
     @staticmethod
     def _is_error(msg: Message) -> bool:

@@ -171,3 +171,27 @@ def test_watermarks(kafka: KafkaSettings) -> None:
         pytest.skip(f"broker reports wrong high watermark: {high} for 12 records in 3 batches "
                     "(end offsets unusable for lag or 'caught up' checks)")
     assert high == 12
+
+
+def test_topic_max_message_bytes_is_enforced(kafka: KafkaSettings) -> None:
+    """A record over the topic's ``max.message.bytes`` must fail its delivery (MSG_SIZE_TOO_LARGE)."""
+    topic = new_topic(kafka, config={"max.message.bytes": "2000"})
+    producer = Producer(producer_config(kafka))
+    results: list[object] = []
+    producer.produce(topic, value=b"x" * 10_000, on_delivery=lambda err, _msg: results.append(err))
+    assert producer.flush(30) == 0
+    if results == [None]:
+        pytest.skip("not enforced: a 10,000-byte record was accepted by a topic with max.message.bytes=2000")
+    assert results and results[0] is not None
+
+
+def test_producing_to_a_missing_topic_fails(kafka: KafkaSettings) -> None:
+    """Apache Kafka with auto.create.topics.enable=false (production) refuses a topic that does not exist."""
+    topic = f"cap-missing-{uuid.uuid4().hex[:8]}"
+    producer = Producer(producer_config(kafka) | {"message.timeout.ms": 3000})
+    results: list[object] = []
+    producer.produce(topic, value=b"x", on_delivery=lambda err, _msg: results.append(err))
+    producer.flush(10)
+    if results == [None]:
+        pytest.skip("topics are created on first produce (the record was delivered to a new topic)")
+    assert results and results[0] is not None

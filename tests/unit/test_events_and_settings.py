@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.events import DeadLetter, FeedbackEvent, ListingEvent, TagEvent, decode, encode
+from shared.events import DeadLetter, DecodeError, FeedbackEvent, ListingEvent, TagEvent, decode, encode
 from shared.schemas import stale_schemas
 from shared.settings import Settings
 
@@ -46,8 +46,9 @@ def test_timestamps_are_normalised_to_utc() -> None:
     ],
 )
 def test_invalid_listings_are_rejected_with_a_reason(raw: bytes) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(DecodeError) as err:
         decode(ListingEvent, raw)
+    assert err.value.reason.startswith("ListingEvent: ") and "\n" not in err.value.reason
 
 
 def test_feedback_rejects_negative_quantity_and_unknown_type() -> None:

@@ -40,7 +40,7 @@ def test_plan_routes_valid_deleted_and_rejected_records() -> None:
     assert [r.record.offset for r in plan.rejected] == [1, 2, 3, 4]
     reasons = [str(r.error) for r in plan.rejected]
     assert "title must be non-empty" in reasons[1]
-    assert "does not match listing_id" in reasons[2]
+    assert "is not the event's listing_id" in reasons[2]
     assert [lst.listing_id for _, lst in plan.deleted] == ["a"]
 
 
