@@ -24,7 +24,7 @@ lint: setup
 	$(VENV)/bin/ruff check shared services bench tests
 
 typecheck: setup
-	$(VENV)/bin/mypy shared
+	$(VENV)/bin/mypy shared services
 
 schemas: setup
 	$(VENV)/bin/tagloop schemas write

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.trainer.data import load_records
 from services.trainer.labels import build_vocabulary, label_matrix
 from services.trainer.model import TagModel, load_tokenizer
-from services.trainer.runtime import TagModelRuntime
 from services.trainer.train import TrainConfig, _batches, _optimizer, seed_everything, tokenize, train_step
+from shared.catalog.readers import load_records
+from shared.tagmodel.runtime import TagModelRuntime
 
 
 def _peak_rss_mb() -> float:

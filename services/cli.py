@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from services import db_cli
 from services.feedback import cli as feedback_cli
 from services.learner import cli as learner_cli
 from services.replay import cli as replay_cli
@@ -28,7 +29,9 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
-for service_cli in (trainer_cli, feedback_cli, learner_cli, tagger_cli, tagger_bench_cli, simulator_cli, replay_cli):
+# db_cli first: it owns `tagloop db` (the feedback CLI registers it only when nobody has).
+SERVICE_CLIS = (db_cli, trainer_cli, feedback_cli, learner_cli, tagger_cli, tagger_bench_cli, simulator_cli, replay_cli)
+for service_cli in SERVICE_CLIS:
     service_cli.register(app, eval_app=eval_app, bench_app=bench_app)
 
 

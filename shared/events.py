@@ -270,7 +270,8 @@ def decode_record(model: type[E], key: bytes | None, value: bytes | None) -> E:
     event = decode(model, value)
     field = RECORD_KEYS.get(model)
     if field is not None and key is not None and key != getattr(event, field).encode():
-        raise DecodeError(f"message key {key[:100]!r} is not the event's {field} {getattr(event, field)!r}", "KeyMismatch")
+        expected = getattr(event, field)
+        raise DecodeError(f"message key {key[:100]!r} is not the event's {field} {expected!r}", "KeyMismatch")
     return event
 
 

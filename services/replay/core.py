@@ -72,7 +72,8 @@ def read_range(kafka: KafkaSettings, topic: str, rng: ReplayRange) -> Iterator[M
             if msg is None or msg.error():
                 continue
             last_record = time.monotonic()
-            p, offset, ts = msg.partition(), msg.offset(), msg.timestamp()[1]
+            # A consumed record always has a partition and an offset (None only on produced ones).
+            p, offset, ts = msg.partition() or 0, msg.offset() or 0, msg.timestamp()[1]
             if p in done:
                 continue
             if (rng.to_offset is not None and offset >= rng.to_offset) or (end_ms is not None and ts >= end_ms):
@@ -87,11 +88,11 @@ def read_range(kafka: KafkaSettings, topic: str, rng: ReplayRange) -> Iterator[M
 
 
 def to_json_line(msg: Message) -> bytes:
-    value = msg.value()
+    value, key = msg.value(), msg.key()
     return orjson.dumps({
         "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
         "timestamp_ms": msg.timestamp()[1],
-        "key": msg.key().decode("utf-8", "replace") if msg.key() is not None else None,
+        "key": key.decode("utf-8", "replace") if key is not None else None,
         "value_b64": base64.b64encode(value).decode() if value is not None else None,
     }) + b"\n"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from services.trainer.data import Record, read_flipkart
+from shared.catalog.flipkart import read_flipkart
+from shared.catalog.records import Record
 from shared.events import ListingEvent, ListingOp, encode
 from shared.kafka import producer_config
 from shared.settings import Settings

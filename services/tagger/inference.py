@@ -4,30 +4,35 @@
 * :class:`TritonTagModelBackend`: the trained tag model served by Triton (a pinned version),
   with zero-shot tags for the taxonomy categories it was not trained on.
 
-:func:`build_backend` picks the trained model when one is in the repository, zero-shot otherwise.
+:func:`build_backend` picks the trained model's version the model registry names champion (the
+newest version in the repository while the registry has none) when Triton serves it, zero-shot
+otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
+import psycopg
 
-from services.tagger.zero_shot import ZeroShotTagger, category_tag_id, label_text
+from services.tagger.zero_shot import ZeroShotTagger, label_text
 from shared.events import Tag, TagKind
+from shared.model_registry import ModelRegistry
+from shared.model_repository import latest_version, versions
 from shared.settings import Settings
+from shared.tagmodel.card import ModelCard, VocabEntry, load_model_card
+from shared.tagmodel.decide import ZeroShotTags, tags_from_probs
+from shared.tagmodel.tag_ids import category_tag_id
 from shared.taxonomy import load_taxonomy
 from shared.triton_client import AsyncTritonTextClient
-
-if TYPE_CHECKING:
-    from services.trainer.artifacts import ModelCard
-    from services.trainer.predictor import ZeroShotTags
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +84,10 @@ async def zero_shot_tagger(
 
 def zero_shot_tags(tagger: ZeroShotTagger, card: ModelCard) -> ZeroShotTags:
     """Cold-start tags of a trained model: the taxonomy categories, scored with the card's calibration."""
-    from services.trainer.artifacts import VocabEntry
-    from services.trainer.predictor import ZeroShotTags
-
     entries = [
         VocabEntry(
-            tag_id=category_tag_id(c.id), name=c.full_name, kind=TagKind.CATEGORY, taxonomy_id=c.id,
-            name_zh=" > ".join(c.path_zh), parent=category_tag_id(c.parent_id) if c.parent_id else None,
+            tag_id=category_tag_id(c.path), name=c.full_name, kind=TagKind.CATEGORY, taxonomy_id=c.id,
+            name_zh=" > ".join(c.path_zh), parent=category_tag_id(c.path[:-1]) if c.parent_id else None,
             level=c.depth,
         )
         for c in tagger.categories
@@ -125,8 +127,6 @@ class TritonTagModelBackend:
     def __init__(
         self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None
     ) -> None:
-        from services.trainer.artifacts import load_model_card
-
         self.client = client
         self.card = load_model_card(version_dir)
         # tags_from_probs takes ZeroShotTags (calibrated by the card), not the zero-shot tagger.
@@ -143,8 +143,6 @@ class TritonTagModelBackend:
         return cls(client, version_dir, zero_shot)
 
     async def tag(self, texts: Sequence[str]) -> list[list[Tag]]:
-        from services.trainer.predictor import tags_from_probs
-
         out = await self.client.infer(list(texts))
         return tags_from_probs(out["PROBS"], self.card, embeddings=out["EMBEDDING"], zero_shot=self.zero_shot)
 
@@ -155,21 +153,50 @@ class TritonTagModelBackend:
         await self.client.close()
 
 
-async def build_backend(settings: Settings) -> TagBackend:
-    """The trained tag model if a version is in the repository and served, else zero-shot."""
-    from shared.model_repository import latest_version
+def registry_champion(settings: Settings) -> int | None:
+    """The champion version of the tag model in the registry; None when there is none.
 
-    version = latest_version(settings.triton_model_repository, settings.triton.tag_model)
+    A registry not migrated yet counts as empty; so does one that cannot be reached, with a
+    warning (the tagger then serves what it served before the registry existed).
+    """
+    name = settings.triton.tag_model
+    registry = ModelRegistry(settings, connect_timeout_s=5.0)
+    try:
+        if not registry.is_migrated():
+            return None
+        champion = registry.champion(name)
+    except psycopg.OperationalError as exc:
+        log.warning("model registry unreachable, choosing %s from the repository: %s", name, exc)
+        return None
+    return champion.version if champion is not None else None
+
+
+async def choose_tag_model_version(settings: Settings) -> int | None:
+    """The registry's champion, else the newest complete version in the repository, else None."""
+    champion = await asyncio.to_thread(registry_champion, settings)
+    if champion is not None:
+        log.info("model registry: %s champion is version %s", settings.triton.tag_model, champion)
+        return champion
+    return latest_version(settings.triton_model_repository, settings.triton.tag_model)
+
+
+async def build_backend(settings: Settings) -> TagBackend:
+    """The trained tag model (:func:`choose_tag_model_version`) if Triton serves it, else zero-shot."""
+    version = await choose_tag_model_version(settings)
+    name = settings.triton.tag_model
+    if version is not None and version not in versions(settings.triton_model_repository, name):
+        log.warning("%s version %s is champion but not in the repository %s; using zero-shot",
+                    name, version, settings.triton_model_repository)
+        version = None
     if version is not None:
-        probe = AsyncTritonTextClient(settings.triton.grpc_url, settings.triton.tag_model,
-                                      settings.triton.timeout_s, model_version=str(version))
+        probe = AsyncTritonTextClient(settings.triton.grpc_url, name, settings.triton.timeout_s,
+                                      model_version=str(version))
         try:
             served = await probe.model_ready()
         finally:
             await probe.close()
         if served:
-            log.info("tagging with %s version %s", settings.triton.tag_model, version)
+            log.info("tagging with %s version %s", name, version)
             return await TritonTagModelBackend.create(settings, version)
-        log.warning("%s version %s is in the repository but not served by Triton; using zero-shot",
-                    settings.triton.tag_model, version)
+        log.warning("%s version %s is in the repository but not served by Triton; using zero-shot", name, version)
     return await TritonZeroShotBackend.create(settings)

@@ -6,7 +6,8 @@ listings must simply be embedded by the same one.
 
 Scores are calibrated as a softmax over all candidate categories (temperature
 ``temperature``); a category's score is its own mass plus its descendants' mass,
-so an ancestor never scores below the leaf that implies it.
+so an ancestor never scores below the leaf that implies it. Tag ids are the one scheme of
+:mod:`shared.tagmodel.tag_ids` over the category's English path; the Shopify id is ``taxonomy_id``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.events import Tag, TagKind, TagSource
+from shared.tagmodel.tag_ids import category_tag_id
 from shared.taxonomy import Category, Taxonomy
 
 # Roots whose names match anything and nothing: never useful as a zero-shot guess.
 EXCLUDED_ROOTS = frozenset({"bu", "gc", "na", "pa", "se"})
 SCORE_DECIMALS = 4  # rounding keeps output identical across batch compositions
-
-
-def category_tag_id(category_id: str) -> str:
-    return f"shopify:{category_id}"
 
 
 def label_text(category: Category) -> str:
@@ -121,7 +119,7 @@ class ZeroShotTagger:
     def _tags(self, chosen: dict[int, float]) -> list[Tag]:
         tags = [
             Tag(
-                tag_id=category_tag_id(self.categories[i].id),
+                tag_id=category_tag_id(self.categories[i].path),
                 name=self.categories[i].full_name,
                 kind=TagKind.CATEGORY,
                 score=round(min(1.0, score), SCORE_DECIMALS),

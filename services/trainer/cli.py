@@ -134,9 +134,9 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         import tempfile
 
         from bench.train import bench_serving_formats
-        from services.trainer.data import load_records
         from services.trainer.export import export as export_run
         from services.trainer.train import TrainConfig
+        from shared.catalog.readers import load_records
 
         config = TrainConfig.model_validate_json((run / "config.json").read_text())
         texts = [r.text for r in load_records(config.data, config.format, n_texts)]

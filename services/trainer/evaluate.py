@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.artifacts import VocabEntry
 from shared.events import TagKind
+from shared.tagmodel.card import VocabEntry
 
 
 def prf(y: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

@@ -1,33 +1,19 @@
-"""The tag head: one linear scorer per tag over the fine-tuned embedding and lexical TF-IDF features.
+"""Fitting the tag head (:class:`shared.tagmodel.head.TagHead`): one linear SVM per tag.
 
-Flipkart titles are lexical (brand + product type; a brand's word bigram often decides the
-deep category) and a 384-d sentence embedding blurs exactly that, while the embedding knows
-what words *mean* (rare tags, unseen phrasings). The head reads both: word 1-2 gram TF-IDF of
-the text and the L2-normalised embedding, weighted by ``embedding_weight``, and is fitted as
-one-vs-rest linear SVMs on the fine-tuned (frozen) encoder's embeddings.
-
-Serving needs no scikit-learn: :class:`Lexicon` reproduces ``TfidfVectorizer``'s features
-(lowercase, ``\\b\\w\\w+\\b`` tokens, 1-2 grams, sublinear tf, fitted idf, L2 norm) in numpy
-(a unit test checks they are equal), so the Triton Python backend runs the very same head.
+The head reads word 1-2 gram TF-IDF of the text and the L2-normalised fine-tuned (frozen)
+embedding, weighted by ``embedding_weight``; see :mod:`shared.tagmodel.head` for why both, and
+for the numpy inference that serves it. Training-only: scikit-learn is imported here, never
+in serving.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HEAD_FILE = "head.npz"
-LEXICON_FILE = "lexicon.json"
-
-_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
+from shared.tagmodel.head import Lexicon, TagHead
 
 
 def word_tfidf() -> Any:
@@ -37,107 +23,43 @@ def word_tfidf() -> Any:
     return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
 
 
-@dataclass(frozen=True)
-class Lexicon:
-    """Word 1-2 gram TF-IDF features: term -> column, and each column's idf."""
-
-    vocabulary: dict[str, int]
-    idf: np.ndarray  # float64 [n_features]
-
-    @classmethod
-    def from_vectorizer(cls, vec: Any) -> Lexicon:
-        """The terms and idf of a fitted :func:`word_tfidf`."""
-        return cls({t: int(i) for t, i in vec.vocabulary_.items()}, np.asarray(vec.idf_, dtype=np.float64))
-
-    @property
-    def size(self) -> int:
-        return len(self.idf)
-
-    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(columns, values)`` of one text's L2-normalised TF-IDF vector (known terms only)."""
-        tokens = _TOKEN.findall(text.lower())
-        terms = tokens + [f"{a} {b}" for a, b in pairwise(tokens)]
-        counts = Counter(self.vocabulary[t] for t in terms if t in self.vocabulary)
-        if not counts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        cols = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-        values = (1.0 + np.log(tf)) * self.idf[cols]
-        return cols, values / np.linalg.norm(values)
-
-    def save(self, path: Path) -> None:
-        terms = sorted(self.vocabulary, key=self.vocabulary.__getitem__)
-        path.write_text(json.dumps({"terms": terms, "idf": self.idf.tolist()}, ensure_ascii=False), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> Lexicon:
-        raw = json.loads(path.read_text(encoding="utf-8"))  # Triton's stub runs under a C locale
-        return cls({t: i for i, t in enumerate(raw["terms"])}, np.asarray(raw["idf"], dtype=np.float64))
+def lexicon_from_vectorizer(vec: Any) -> Lexicon:
+    """The terms and idf of a fitted :func:`word_tfidf`."""
+    return Lexicon({t: int(i) for t, i in vec.vocabulary_.items()}, np.asarray(vec.idf_, dtype=np.float64))
 
 
-@dataclass(frozen=True)
-class TagHead:
-    """``logits = tfidf(text) @ lexical + embedding @ semantic + bias``, one column per tag."""
+def fit_head(
+    texts: Sequence[str],
+    embeddings: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray,
+    c: float = 1.0,
+    embedding_weight: float = 1.0,
+    seed: int = 0,
+) -> TagHead:
+    """One ``LinearSVC`` per tag on ``[tfidf, embedding_weight * embedding]``; masked rows left out.
 
-    lexicon: Lexicon
-    lexical: np.ndarray  # float32 [n_features, n_tags]
-    semantic: np.ndarray  # float32 [embedding_dim, n_tags] (embedding_weight folded in)
-    bias: np.ndarray  # float32 [n_tags]
+    A tag with one class only among its rows gets a constant margin of +-1.
+    """
+    import scipy.sparse as sp
+    from sklearn.svm import LinearSVC
 
-    def logits(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
-        """``float64 [n, n_tags]``: the margin of each tag's scorer."""
-        out = np.asarray(embeddings, dtype=np.float64) @ self.semantic.astype(np.float64) + self.bias
-        for r, text in enumerate(texts):
-            cols, values = self.lexicon.row(text)
-            if cols.size:
-                out[r] += values @ self.lexical[cols].astype(np.float64)
-        return out
-
-    @classmethod
-    def fit(
-        cls,
-        texts: Sequence[str],
-        embeddings: np.ndarray,
-        y: np.ndarray,
-        mask: np.ndarray,
-        c: float = 1.0,
-        embedding_weight: float = 1.0,
-        seed: int = 0,
-    ) -> TagHead:
-        """One ``LinearSVC`` per tag on ``[tfidf, embedding_weight * embedding]``; masked rows left out.
-
-        A tag with one class only among its rows gets a constant margin of +-1.
-        """
-        import scipy.sparse as sp
-        from sklearn.svm import LinearSVC
-
-        vec = word_tfidf()
-        lexical_x = vec.fit_transform(texts)
-        lexicon = Lexicon.from_vectorizer(vec)
-        emb = np.asarray(embeddings, dtype=np.float64)
-        x = sp.hstack([lexical_x, sp.csr_matrix(embedding_weight * emb)]).tocsr()
-        n_feat, n_tags = lexicon.size, y.shape[1]
-        weights = np.zeros((x.shape[1], n_tags), dtype=np.float32)
-        bias = np.zeros(n_tags, dtype=np.float32)
-        for j in range(n_tags):
-            rows = mask[:, j] > 0
-            target = y[rows, j]
-            if target.size == 0 or target.min() == target.max():
-                bias[j] = 1.0 if target.size and target[0] > 0 else -1.0
-                continue
-            clf = LinearSVC(C=c, random_state=seed).fit(x[rows], target)
-            weights[:, j] = clf.coef_[0]
-            bias[j] = clf.intercept_[0]
-        semantic = weights[n_feat:] * np.float32(embedding_weight)
-        return cls(lexicon, np.ascontiguousarray(weights[:n_feat]), np.ascontiguousarray(semantic), bias)
-
-    def save(self, directory: Path) -> None:
-        directory = Path(directory)
-        self.lexicon.save(directory / LEXICON_FILE)
-        np.savez_compressed(directory / HEAD_FILE, lexical=self.lexical, semantic=self.semantic, bias=self.bias)
-
-    @classmethod
-    def load(cls, directory: Path) -> TagHead:
-        directory = Path(directory)
-        with np.load(directory / HEAD_FILE) as arrays:
-            return cls(Lexicon.load(directory / LEXICON_FILE), arrays["lexical"], arrays["semantic"], arrays["bias"])
+    vec = word_tfidf()
+    lexical_x = vec.fit_transform(texts)
+    lexicon = lexicon_from_vectorizer(vec)
+    emb = np.asarray(embeddings, dtype=np.float64)
+    x = sp.hstack([lexical_x, sp.csr_matrix(embedding_weight * emb)]).tocsr()
+    n_feat, n_tags = lexicon.size, y.shape[1]
+    weights = np.zeros((x.shape[1], n_tags), dtype=np.float32)
+    bias = np.zeros(n_tags, dtype=np.float32)
+    for j in range(n_tags):
+        rows = mask[:, j] > 0
+        target = y[rows, j]
+        if target.size == 0 or target.min() == target.max():
+            bias[j] = 1.0 if target.size and target[0] > 0 else -1.0
+            continue
+        clf = LinearSVC(C=c, random_state=seed).fit(x[rows], target)
+        weights[:, j] = clf.coef_[0]
+        bias[j] = clf.intercept_[0]
+    semantic = weights[n_feat:] * np.float32(embedding_weight)
+    return TagHead(lexicon, np.ascontiguousarray(weights[:n_feat]), np.ascontiguousarray(semantic), bias)

@@ -1,48 +1,22 @@
-"""Labels -> tags: Flipkart category paths, attribute normalisation, the vocabulary, the Shopify mapping.
+"""Labels -> tags: the training vocabulary, the label matrix, the Shopify mapping.
 
-Pure functions; the only I/O is the taxonomy object passed in.
+Pure functions; the only I/O is the taxonomy object passed in. Tag ids come from the one scheme
+in :mod:`shared.tagmodel.tag_ids`; reading and normalising catalogs is :mod:`shared.catalog`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.trainer.artifacts import VocabEntry
+from shared.catalog.records import ATTRIBUTE_SEP, CATEGORY_SEP, Record
 from shared.events import TagKind
+from shared.tagmodel.card import VocabEntry
+from shared.tagmodel.tag_ids import attribute_tag_id, category_tag_id
 from shared.taxonomy import Attribute, Category, Taxonomy
-
-if TYPE_CHECKING:
-    from services.trainer.data import Record
-
-CATEGORY_SEP = " > "
-ATTRIBUTE_SEP = "="
-
-# Keys that identify a SKU or measure it rather than describe it: never tags.
-_SKIPPED_KEYS = frozenset(
-    {
-        "style code", "model number", "model name", "model id", "brand", "sales package",
-        "number of contents in sales package", "pack of", "weight", "width", "height", "depth",
-        "diameter", "ean/upc", "warranty summary", "warranty service type", "covered in warranty",
-        "not covered in warranty", "other features", "other details", "series", "fabric care",
-        "wash care", "body & frame material details", "care instructions",
-    }
-)  # fmt: skip
-_KEY_ALIASES = {"colour": "Color", "ideal for": "Ideal For", "gender": "Ideal For"}
-_EMPTY_VALUES = frozenset({"", "na", "n/a", "no", "none", "-", "not applicable", "nil"})
-_AUDIENCE = {
-    "women": "Women", "womens": "Women", "woman": "Women", "ladies": "Women",
-    "men": "Men", "mens": "Men", "man": "Men", "gents": "Men",
-    "girl": "Girls", "girls": "Girls", "boy": "Boys", "boys": "Boys",
-    "baby": "Baby", "babies": "Baby", "infant": "Baby", "infants": "Baby",
-    "kid": "Kids", "kids": "Kids", "unisex": "Unisex",
-}  # fmt: skip
-_SPEC_RE = re.compile(r'\{"key"=>"((?:[^"\\]|\\.)*)", "value"=>"((?:[^"\\]|\\.)*)"\}')
 
 # Flipkart key -> Shopify attribute handle, where the names differ.
 _TAXONOMY_KEYS = {
@@ -55,88 +29,6 @@ _TAXONOMY_VALUES = {
     "sleeve_length_type": {"full": "long", "full sleeve": "long", "half sleeve": "short"},
 }
 _SPELLING = {"jewellery": "jewelry", "colour": "color", "accessorie": "accessory"}
-
-
-def slug(text: str) -> str:
-    """Lower-case ASCII identifier piece: ``"Women's Clothing"`` -> ``"women-s-clothing"``."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
-
-
-def category_path_from_flipkart_tree(tree: str) -> tuple[str, ...]:
-    """Category levels of a Flipkart ``product_category_tree``, without its last element.
-
-    The last element repeats or truncates the product name (README), so it is never a
-    category; a one-element tree therefore yields no category.
-    """
-    try:
-        items = json.loads(tree)
-        raw = items[0] if isinstance(items, list) and items else str(items)
-    except (json.JSONDecodeError, TypeError):
-        raw = tree.strip().strip('[]"')
-    levels = [lvl.strip() for lvl in str(raw).split(">>")]
-    levels = [lvl for lvl in levels if lvl]
-    return tuple(levels[:-1])
-
-
-def normalize_attribute_key(key: str) -> str | None:
-    """Canonical attribute name (``"ideal for"`` -> ``"Ideal For"``), or None for skipped keys."""
-    words = " ".join(key.split())
-    low = words.lower()
-    if not low or low in _SKIPPED_KEYS:
-        return None
-    return _KEY_ALIASES.get(low) or " ".join(w[:1].upper() + w[1:] for w in words.split(" "))
-
-
-def normalize_attribute_values(key: str, value: str) -> list[str]:
-    """Canonical values of one key/value pair; comma lists split, measurements and "No"/"NA" dropped."""
-    out: list[str] = []
-    for part in value.split(","):
-        val = " ".join(part.split()).strip(" .;")
-        low = val.lower()
-        if low in _EMPTY_VALUES or len(val) > 40:
-            continue
-        # Sizes, weights, counts and codes are not tags; fractions like "3/4 Sleeve" are.
-        if re.search(r"\d", val) and not re.match(r"^\d+/\d+\s+[A-Za-z]", val):
-            continue
-        if key == "Ideal For":
-            canon = _AUDIENCE.get(re.sub(r"[^a-z]", "", low.replace("'s", "")))
-            if canon is None:
-                continue
-            val = canon
-        else:
-            val = " ".join(w[:1].upper() + w[1:] for w in val.split(" "))
-        if val not in out:
-            out.append(val)
-    return out
-
-
-def normalize_attribute(key: str, value: str) -> list[tuple[str, str]]:
-    """Normalised ``(key, value)`` pairs of one raw specification (possibly none)."""
-    canon_key = normalize_attribute_key(key)
-    if canon_key is None:
-        return []
-    return [(canon_key, v) for v in normalize_attribute_values(canon_key, value)]
-
-
-def parse_flipkart_specifications(spec: str) -> list[tuple[str, str]]:
-    """Normalised attribute pairs from ``{"product_specification"=>[{"key"=>..., "value"=>...}]}``.
-
-    Entries without a key are free text (care instructions) and are ignored.
-    """
-    pairs: list[tuple[str, str]] = []
-    for m in _SPEC_RE.finditer(spec or ""):
-        for pair in normalize_attribute(m.group(1), m.group(2)):
-            if pair not in pairs:
-                pairs.append(pair)
-    return pairs
-
-
-def category_tag_id(prefix: Sequence[str]) -> str:
-    return "cat:" + "/".join(slug(p) for p in prefix)
-
-
-def attribute_tag_id(key: str, value: str) -> str:
-    return f"attr:{slug(key)}={slug(value)}"
 
 
 def record_tag_ids(labels: Iterable[str], max_depth: int) -> set[str]:

@@ -25,7 +25,7 @@ class TagModel(nn.Module):
 
     The head reads the normalised embedding, so the vector served as ``EMBEDDING`` is the one the
     tags were learned from, and zero-shot similarities live in the same space. The served tag
-    scores come from :class:`~services.trainer.head.TagHead`, fitted on these embeddings after.
+    scores come from :class:`~shared.tagmodel.head.TagHead`, fitted on these embeddings after.
     """
 
     def __init__(self, n_tags: int, weights_dir: Path | None = None, config_only: bool = False):

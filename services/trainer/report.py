@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.artifacts import ModelCard
 from services.trainer.baseline import TfidfSvmBaseline
 from services.trainer.evaluate import tag_metrics
 from services.trainer.model import load_tokenizer
-from services.trainer.predictor import close_hierarchy, decide, parent_index
 from services.trainer.train import METRICS_FILE, load_trained, prepare, score
+from shared.tagmodel.card import ModelCard
+from shared.tagmodel.decide import close_hierarchy, decide, parent_index
 
 
 def evaluate_run(out: Path, write: bool = True) -> dict[str, Any]:

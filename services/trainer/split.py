@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from services.trainer.data import Record
+    from shared.catalog.records import Record
 
 
 def normalize_title(title: str) -> str:

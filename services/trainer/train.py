@@ -7,7 +7,7 @@ every ``checkpoint_every`` steps and at each epoch end) and, when training is do
 (temperature, thresholds) and ``metrics.json``.
 
 Two stages: (1) fine-tune the encoder end to end with a linear multi-label head on its embedding;
-(2) freeze it and fit the served :class:`~services.trainer.head.TagHead` (linear SVMs over the
+(2) freeze it and fit the served :class:`~shared.tagmodel.head.TagHead` (linear SVMs over the
 embedding plus lexical TF-IDF features) on the training listings.
 """
 
@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from services.trainer.artifacts import VocabEntry
-from services.trainer.data import Format, Record, fingerprint, load_records
-from services.trainer.head import TagHead
+from services.trainer.head import fit_head as fit_svm_head
 from services.trainer.labels import build_vocabulary, label_matrix, map_to_taxonomy
 from services.trainer.model import TagModel, load_tokenizer
 from services.trainer.split import Split, group_split
 from services.trainer.thresholds import fit_temperature, fit_zero_shot, tune_thresholds
+from shared.catalog.readers import Format, load_records
+from shared.catalog.records import Record, fingerprint
+from shared.tagmodel.card import VocabEntry
+from shared.tagmodel.head import TagHead
 from shared.taxonomy import load_taxonomy
 
 CONFIG_FILE = "config.json"
@@ -319,7 +321,7 @@ def fit_head(model: TagModel, tokenizer: Any, prep: Prepared, config: TrainConfi
     distinct = list(dict.fromkeys(texts))
     emb = embed(model, tokenizer, distinct, config.max_length)
     at = {t: k for k, t in enumerate(distinct)}
-    return TagHead.fit(
+    return fit_svm_head(
         texts, emb[[at[t] for t in texts]], prep.y[rows], prep.mask[rows],
         c=config.head_c, embedding_weight=config.head_embedding_weight, seed=config.seed,
     )  # fmt: skip

@@ -86,6 +86,15 @@ def drop_database(server_url: str, dbname: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
+def make_versions_portable(repository: Path, tag_model: str) -> None:
+    """Rewrite what older exports left in the tag model's versions (:func:`make_portable`) before Triton loads them."""
+    from shared.model_repository import version_dir, versions
+    from shared.tagmodel.version_files import make_portable
+
+    for v in versions(repository, tag_model):
+        make_portable(version_dir(repository, tag_model, v))
+
+
 def models_to_load(repository: Path, tag_model: str) -> list[str]:
     """The encoder always; the trained tag model when a version of it exists."""
     return [ENCODER_MODEL] + ([tag_model] if latest_version(repository, tag_model) is not None else [])
@@ -123,6 +132,8 @@ def up(
 
             repo = settings.triton_model_repository.resolve()
             models = list(triton_models or models_to_load(repo, settings.triton.tag_model))
+            if settings.triton.tag_model in models:
+                make_versions_portable(repo, settings.triton.tag_model)
             endpoints = start_triton(state_dir, repo, models)
             started.append("triton")
             info.triton_http_url = endpoints.http_url

@@ -14,23 +14,25 @@ import numpy as np
 import pytest
 import torch
 
-from services.trainer.artifacts import load_model_card
 from services.trainer.baseline import TfidfSvmBaseline
 from services.trainer.evaluate import tag_metrics
 from services.trainer.export import export
 from services.trainer.model import load_tokenizer
-from services.trainer.predictor import close_hierarchy, parent_index, tags_from_probs
 from services.trainer.report import evaluate_run
-from services.trainer.runtime import TagModelRuntime
 from services.trainer.train import MODEL_FILE, TrainConfig, load_trained, prepare, score, train
 from shared.devstack.triton import TritonEndpoints, start_triton, stop_triton, tritonserver_available
 from shared.events import TagKind
-from shared.model_repository import latest_version
+from shared.model_repository import latest_version, render_tag_model_config
+from shared.tagmodel.card import load_model_card
+from shared.tagmodel.decide import close_hierarchy, parent_index, tags_from_probs
+from shared.tagmodel.runtime import TagModelRuntime
+from shared.tagmodel.version_files import ENTRY_POINT, absolute_paths
 from shared.triton_client import TritonTextClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "tag_model"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(data_dir: Path, out: Path, limit: int = 400) -> TrainConfig:
@@ -111,7 +113,13 @@ def test_export_writes_a_versioned_model_with_its_card(version_dir: Path, run_di
     assert version_dir.name == "1" and latest_version(version_dir.parents[1], MODEL) == 1
     expected = {"model.py", "model.onnx", "head.npz", "lexicon.json", "model_card.json", "tokenizer"}
     assert expected <= {p.name for p in version_dir.iterdir()}
-    assert (version_dir.parent / "config.pbtxt").is_file()
+    assert (version_dir.parent / "config.pbtxt").read_text() == render_tag_model_config(MODEL)
+    assert (version_dir / "model.py").read_text() == ENTRY_POINT
+    # No path of this machine in any file (the ONNX graph included): versions are served elsewhere.
+    assert absolute_paths(version_dir) == []
+    for needle in {str(REPO_ROOT), str(run_dir.resolve()), str(version_dir.parents[1])}:
+        for f in (p for p in version_dir.rglob("*") if p.is_file()):
+            assert needle.encode() not in f.read_bytes(), f"{f.name} holds {needle}"
     card = load_model_card(version_dir)
     assert card.model_name == MODEL and card.version == 1 and card.export_format == "onnx"
     assert len(card.thresholds) == len(card.vocabulary) == eval_json["n_tags"]

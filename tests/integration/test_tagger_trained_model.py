@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from services.simulator.listings import flipkart_records, listing_from_record, produce_listings
-from services.trainer.artifacts import load_model_card
 from shared.devstack.triton import TritonEndpoints
 from shared.events import TagEvent, TagSource, decode
 from shared.settings import Settings
+from shared.tagmodel.card import load_model_card
 from tests.integration.test_tag_model_triton import eval_json, run_dir, triton, version_dir  # noqa: F401
 from tests.support import InProcessTagger, read_topic
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.simulator.listings import flipkart_records
 from services.tagger.zero_shot import ZeroShotTagger
-from services.trainer.data import CATEGORY_SEP
+from shared.catalog.records import CATEGORY_SEP
 from shared.encoder import MiniLMEncoder
 from shared.taxonomy import load_taxonomy
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.trainer.data import fingerprint, load_records
+from shared.catalog.readers import load_records
+from shared.catalog.records import fingerprint
 
 
 def test_csv_and_jsonl_give_the_same_records(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The tag head: numpy TF-IDF equals scikit-learn's, and the fitted head scores what its SVMs score."""
+"""The tag head: numpy TF-IDF (shared) equals scikit-learn's, and the fitted head scores what its SVMs score."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from services.trainer.head import Lexicon, TagHead, word_tfidf
+from services.trainer.head import fit_head, lexicon_from_vectorizer, word_tfidf
+from shared.tagmodel.head import TagHead
 
 TEXTS = [
     "Alisha Solid Women's Cycling Shorts",
@@ -22,7 +23,7 @@ TEXTS = [
 
 
 def test_lexicon_rows_equal_scikit_learn_tfidf() -> None:
-    lex = Lexicon.from_vectorizer(word_tfidf().fit(TEXTS[:5]))
+    lex = lexicon_from_vectorizer(word_tfidf().fit(TEXTS[:5]))
     ref = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(TEXTS[:5])
     assert lex.vocabulary == ref.vocabulary_
     texts = [*TEXTS, "SHOES shoes unknownword women"]
@@ -42,7 +43,7 @@ def test_head_logits_equal_the_fitted_svm_margins_and_survive_save_load(tmp_path
     y = np.array([[("red" in t), ("bottle" in t), 1.0] for t in texts], dtype=np.float32)
     mask = np.ones_like(y)
     mask[:5, 1] = 0  # masked cells are left out of that tag's fit
-    head = TagHead.fit(texts, emb, y, mask, embedding_weight=2.0)
+    head = fit_head(texts, emb, y, mask, embedding_weight=2.0)
     logits = head.logits(texts, emb)
     assert logits.shape == (len(texts), 3)
     assert ((logits[:, 0] > 0) == (y[:, 0] > 0)).all() and ((logits[:, 1] > 0) == (y[:, 1] > 0)).all()

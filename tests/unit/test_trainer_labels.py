@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.trainer.data import Record
-from services.trainer.labels import (
-    build_vocabulary,
-    category_path_from_flipkart_tree,
-    label_matrix,
-    map_to_taxonomy,
-    normalize_attribute,
-    parse_flipkart_specifications,
-)
+from services.trainer.labels import build_vocabulary, label_matrix, map_to_taxonomy
+from shared.catalog.flipkart import category_path_from_flipkart_tree, normalize_attribute, parse_flipkart_specifications
+from shared.catalog.records import Record
 from shared.events import TagKind
 from shared.settings import Settings
 from shared.taxonomy import load_taxonomy

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.data import Record, load_records
 from services.trainer.split import group_split, normalize_title
+from shared.catalog.readers import load_records
+from shared.catalog.records import Record
 from shared.settings import Settings
 
 

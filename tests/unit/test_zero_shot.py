@@ -23,6 +23,8 @@ def tagger(**kw: float) -> ZeroShotTagger:
 def test_best_leaf_comes_with_all_its_ancestors() -> None:
     tags = tagger().tag(np.array([[0.1, 0.2, 1.0, 0.0]], dtype=np.float32))[0]
     assert [t.taxonomy_id for t in tags] == ["aa", "aa-1", "aa-1-1"]
+    # The one tag-id scheme (shared.tagmodel.tag_ids): the same id a trained model gives the same path.
+    assert [t.tag_id for t in tags] == ["cat:apparel", "cat:apparel/clothing", "cat:apparel/clothing/shirts"]
     assert tags[0].name_zh == "服饰" and tags[2].name == "Apparel > Clothing > Shirts"
     assert all(t.source == "zero-shot" for t in tags)
 

@@ -1,4 +1,4 @@
-"""What a trained tag model leaves on disk: the model card beside each Triton version directory.
+"""The model card: what a version of the tag model predicts, how to decide, and where it came from.
 
 Layout of one version: ``<repository>/<model_name>/<version>/`` holding ``model.py`` (tiny Triton
 entry point), ``model.onnx`` (or ``model.pt``: the encoder, text -> embedding), the tag head

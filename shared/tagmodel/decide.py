@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.trainer.artifacts import ModelCard, VocabEntry
 from shared.events import Tag, TagKind, TagSource
+from shared.tagmodel.card import ModelCard, VocabEntry
 
 SCORE_DECIMALS = 6
 

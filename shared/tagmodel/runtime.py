@@ -1,13 +1,11 @@
-"""Serving runtime of an exported tag model version, in-process or inside Triton's Python backend.
+"""One exported tag model version in process: encoder (ONNX or TorchScript) + tag head -> PROBS, EMBEDDING.
 
-Each version directory's ``model.py`` is one import of :class:`TritonTagModel`, so Triton and
+The Triton Python backend (:mod:`shared.tagmodel.backend`) runs this very class, so Triton and
 in-process callers run the same code on the same files and get the same numbers.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.artifacts import ModelCard, load_model_card
-from services.trainer.head import TagHead
-from shared.triton_backend import answer_merged
+from shared.tagmodel.card import ModelCard, load_model_card
+from shared.tagmodel.head import TagHead
 
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
@@ -106,32 +103,3 @@ class TagModelRuntime:
         with torch.inference_mode():
             e = self._module(torch.from_numpy(ids).to(self.device), torch.from_numpy(att).to(self.device))
         return e.float().cpu().numpy()
-
-
-class TritonTagModel:
-    """Triton Python model: ``TEXT`` (BYTES [batch, 1]) -> ``PROBS`` [batch, n_tags], ``EMBEDDING``."""
-
-    def initialize(self, args: dict[str, str]) -> None:
-        import triton_python_backend_utils as pb_utils
-
-        self._pb = pb_utils
-        config = json.loads(args["model_config"])
-        # KIND_AUTO resolves to GPU where Triton sees one; the runtime falls back to CPU
-        # when the installed onnxruntime/torch cannot use it.
-        kind = args.get("model_instance_kind", "CPU")
-        device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.runtime = TagModelRuntime(version_dir, device=device)
-        self.batch_size = max(1, int(config.get("max_batch_size") or 64))
-        pb_utils.Logger.log_info(
-            f"tag_model: version={args['model_version']} format={self.runtime.format} kind={kind} "
-            f"tags={len(self.runtime.card.vocabulary)}"
-        )
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        # Empty texts are allowed here: they get the head's priors (the tagger validates listings).
-        run = functools.partial(self.runtime.infer, batch_size=self.batch_size)
-        return answer_merged(self._pb, requests, run, "tag model", allow_empty=True)
-
-    def finalize(self) -> None:
-        self.runtime = None  # type: ignore[assignment]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.trainer.artifacts import ModelCard, VocabEntry
-from services.trainer.predictor import ZeroShotTags, close_hierarchy, decide, parent_index, tags_from_probs
 from shared.events import TagKind, TagSource
+from shared.tagmodel.card import ModelCard, VocabEntry
+from shared.tagmodel.decide import ZeroShotTags, close_hierarchy, decide, parent_index, tags_from_probs
 
 C, A = TagKind.CATEGORY, TagKind.ATTRIBUTE
 VOCAB = [
