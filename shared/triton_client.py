@@ -9,6 +9,14 @@ larger than the model's ``max_batch_size`` into several, and let tritonclient's
 ``InferenceServerException`` propagate; :func:`is_retryable` says whether a failure
 is worth retrying.
 
+A dead Python-backend stub (measured on tritonserver 2.51, ``tests/integration/test_faults_triton.py``):
+Triton does not restart it. Every request to that model instance fails with INTERNAL
+(HTTP 500) "Stub process '<model>_0_0' is not healthy." after ~1 s, while the server's
+and the model's ready endpoints go on answering *ready*; only unloading and loading the
+model again (or restarting Triton) starts a new stub. Those failures are retryable, and
+after one, ``ready()`` no longer trusts the ready endpoints alone: it runs a one-text
+probe inference, so a caller that waits for ``ready()`` waits for a working model.
+
 Examples
 --------
 >>> client = TritonTextClient("127.0.0.1:8000", "minilm_encoder")   # doctest: +SKIP
@@ -26,6 +34,8 @@ import numpy as np
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 INPUT_NAME = "TEXT"
+# What ready() sends once the model has failed a request: one short text, one forward pass.
+PROBE_TEXTS = ["ready probe"]
 
 # gRPC codes (str(grpc.StatusCode.X) == "StatusCode.X") and HTTP statuses that mean
 # "the server could not serve this now" -- as opposed to "this request is wrong".
@@ -57,9 +67,10 @@ def is_retryable(exc: BaseException) -> bool:
     -------
     bool
         True for unavailability (connection refused or reset, server or model not
-        ready, stub restarting), server errors (HTTP 5xx, gRPC INTERNAL/UNKNOWN) and
-        timeouts (gRPC DEADLINE_EXCEEDED, socket timeouts); False for invalid requests
-        (HTTP 4xx, gRPC INVALID_ARGUMENT/NOT_FOUND/UNIMPLEMENTED, ...) and anything else.
+        ready), server errors (HTTP 5xx, gRPC INTERNAL/UNKNOWN; a dead Python-backend
+        stub answers INTERNAL / 500 "Stub process ... is not healthy.") and timeouts
+        (gRPC DEADLINE_EXCEEDED, socket timeouts); False for invalid requests (HTTP 4xx,
+        gRPC INVALID_ARGUMENT/NOT_FOUND/UNIMPLEMENTED, ...) and anything else.
     """
     if isinstance(exc, InferenceServerException):
         status = exc.status()
@@ -128,6 +139,7 @@ class TritonTextClient:
         )
         self._max_batch: int | None = None
         self._outputs: list[tuple[str, str, Sequence[int]]] | None = None
+        self._failing = False  # the last request failed on the server's side (see ready())
 
     def infer(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Run the model on ``texts``; every output, one row per text, in order.
@@ -144,15 +156,28 @@ class TritonTextClient:
         for start, end in _chunks(len(batch), self._max_batch_size()):
             inp = self._http.InferInput(INPUT_NAME, [end - start, 1], "BYTES")
             inp.set_data_from_numpy(batch[start:end])
-            result = self._client.infer(self.model_name, [inp], model_version=self.version)
+            try:
+                result = self._client.infer(self.model_name, [inp], model_version=self.version)
+            except Exception as exc:
+                self._failing = is_retryable(exc)
+                raise
+            self._failing = False
             names = [o["name"] for o in result.get_response()["outputs"]]
             parts.append({name: result.as_numpy(name) for name in names})
         return _concat(parts)
 
     def ready(self) -> bool:
-        """True if the server is ready and serves the model (never raises)."""
+        """True if the server is ready and serves the model (never raises).
+
+        After a request failed on the server's side, a probe inference must succeed
+        too: Triton reports a model whose stub died as ready (see the module notes).
+        """
         try:
-            return bool(self._client.is_server_ready()) and self.model_ready()
+            if not (self._client.is_server_ready() and self.model_ready()):
+                return False
+            if self._failing:
+                self.infer(PROBE_TEXTS)
+            return True
         except Exception:
             return False
 
@@ -210,6 +235,7 @@ class AsyncTritonTextClient:
         self._client: Any = None
         self._max_batch: int | None = None
         self._outputs: list[tuple[str, str, Sequence[int]]] | None = None
+        self._failing = False  # the last request failed on the server's side (see ready())
 
     def _grpc(self) -> Any:
         if self._client is None:
@@ -240,19 +266,35 @@ class AsyncTritonTextClient:
 
         inp = grpcclient.InferInput(INPUT_NAME, [len(batch), 1], "BYTES")
         inp.set_data_from_numpy(batch)
-        result = await self._grpc().infer(
-            self.model_name, [inp], model_version=self.version, client_timeout=self.timeout_s
-        )
+        try:
+            result = await self._grpc().infer(
+                self.model_name, [inp], model_version=self.version, client_timeout=self.timeout_s
+            )
+        except Exception as exc:
+            self._failing = is_retryable(exc)
+            raise
+        self._failing = False
         names = [o.name for o in result.get_response().outputs]
         return {name: result.as_numpy(name) for name in names}
 
     async def ready(self) -> bool:
-        """True if the server is ready and serves the model (never raises)."""
+        """True if the server is ready and serves the model (never raises).
+
+        After a request failed on the server's side, a probe inference must succeed
+        too: Triton reports a model whose stub died as ready (see the module notes).
+        """
         try:
             server = await self._grpc().is_server_ready(client_timeout=self.timeout_s)
         except Exception:
             return False
-        return bool(server) and await self.model_ready()
+        if not (server and await self.model_ready()):
+            return False
+        if self._failing:
+            try:
+                await self.infer(PROBE_TEXTS)
+            except Exception:
+                return False
+        return True
 
     async def model_ready(self) -> bool:
         """True if the model (the pinned version, if any) is loaded and ready (never raises)."""

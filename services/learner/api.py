@@ -1,9 +1,16 @@
 """HTTP API of the learner (FastAPI): top tags of a user, score of a pair, top users of a tag.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>``. Reads never
-mutate the model: they go through a :class:`ModelView`, which is either the live
-model behind the learner's lock (``tagloop learner run --serve``) or the latest
-Postgres checkpoint, reloaded when a newer one appears (``tagloop learner serve``).
+Every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs ``Authorization: Bearer
+<token>``. Reads never mutate the model: they go through a :class:`ModelView`, which is
+either the live model behind the learner's lock (``tagloop learner run --serve``) or the
+latest Postgres checkpoint, reloaded when a newer one appears (``tagloop learner serve``).
+
+Health: ``/healthz`` (liveness) answers 200 while the process serves; ``/readyz`` answers
+503 until a model is loaded. Both say ``ok`` or ``degraded`` with the reasons (checkpoint
+writes failing, dead letters undelivered; see :mod:`services.learner.health`). Degraded
+stays ready: the live model still answers correctly, only its durability is at risk,
+and the one learner instance must not drop out of serving (or be restarted, losing
+what it learned since its last checkpoint) because Postgres refuses writes.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from services.learner.checkpoint import PostgresCheckpoints
+from services.learner.health import LearnerHealth
 from services.learner.model import AffinityModel
 
 log = logging.getLogger(__name__)
@@ -123,12 +131,19 @@ class TagTopUsers(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok" or "degraded"
     model_loaded: bool
+    reasons: list[str] | None = None  # why it is degraded (absent when ok)
 
 
-def create_app(view: ModelView, token: str, title: str = "tagloop learner") -> FastAPI:
-    """The FastAPI app over ``view``; requests must carry ``Bearer <token>`` (an empty token rejects all)."""
+def create_app(
+    view: ModelView, token: str, title: str = "tagloop learner", health: LearnerHealth | None = None
+) -> FastAPI:
+    """The FastAPI app over ``view``; requests must carry ``Bearer <token>`` (an empty token rejects all).
+
+    ``health`` is what the running learner reports (``tagloop learner run --serve``): its
+    status goes into ``/healthz`` and ``/readyz``, its metrics to ``/metrics``.
+    """
     app = FastAPI(
         title=title,
         version="1",
@@ -161,10 +176,32 @@ def create_app(view: ModelView, token: str, title: str = "tagloop learner") -> F
     auth = [Depends(authorize)]
     k_query = Query(10, ge=1, le=MAX_K, description="How many results")
 
-    @app.get("/healthz", response_model=Health, tags=["ops"])
-    def healthz() -> Health:
+    def current() -> Health:
+        state, reasons = health.status() if health is not None else ("ok", [])
         with view.read() as m:
-            return Health(status="ok", model_loaded=m is not None)
+            return Health(status=state, model_loaded=m is not None, reasons=reasons or None)
+
+    @app.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["ops"])
+    def healthz() -> Health:
+        """Liveness: 200 while the process serves; ``status`` is ``ok`` or ``degraded`` (with ``reasons``)."""
+        return current()
+
+    @app.get(
+        "/readyz", response_model=Health, response_model_exclude_none=True, tags=["ops"],
+        responses={503: {"model": Health, "description": "No model loaded yet"}},
+    )
+    def readyz(response: Response) -> Health:
+        """Readiness: 503 until a model is loaded; degraded is still ready (see the module notes)."""
+        body = current()
+        if not body.model_loaded:
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return body
+
+    if health is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        def metrics() -> Response:
+            return Response(health.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/users/{user_id}/tags", response_model=UserTopTags, dependencies=auth, tags=["affinity"])
     def user_top_tags(user_id: str, k: int = k_query) -> UserTopTags:

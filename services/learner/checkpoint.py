@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from services.learner.migrations import MIGRATIONS
@@ -23,6 +24,8 @@ from shared.db import apply_migrations, connect
 
 # topic -> partition -> next offset to read
 Offsets = dict[str, dict[int, int]]
+# A checkpoint write must fail (and be retried) rather than hang on an unreachable server.
+CONNECT_TIMEOUT_S = 10
 
 
 @dataclass
@@ -72,6 +75,12 @@ class PostgresCheckpoints:
         self.database_url = database_url
         self.learner = learner
         self.keep = keep
+        # How the learner's sessions show in pg_stat_activity (Postgres keeps 63 bytes of it).
+        self.application_name = f"tagloop-learner-{learner}"[:63]
+
+    def _connect(self) -> psycopg.Connection:
+        # A fresh connection per call: after a restart or a terminated session the next call just works.
+        return connect(self.database_url, application_name=self.application_name, connect_timeout=CONNECT_TIMEOUT_S)
 
     def migrate(self) -> None:
         apply_migrations(self.database_url, MIGRATIONS)
@@ -93,7 +102,7 @@ class PostgresCheckpoints:
         background thread, so the loop does not wait for Postgres.
         """
         as_json = {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()}
-        with connect(self.database_url) as conn, conn.transaction():
+        with self._connect() as conn, conn.transaction():
             row = conn.execute(
                 "INSERT INTO learner_checkpoints (learner, model_name, events_seen, offsets, stats, state)"
                 " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, created_at",
@@ -109,7 +118,7 @@ class PostgresCheckpoints:
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint, or ``None`` when this learner has none."""
-        with connect(self.database_url) as conn:
+        with self._connect() as conn:
             row = conn.execute(
                 "SELECT id, created_at, offsets, state FROM learner_checkpoints"
                 " WHERE learner = %s ORDER BY id DESC LIMIT 1",
@@ -122,7 +131,7 @@ class PostgresCheckpoints:
 
     def latest_id(self) -> int | None:
         """Id of the newest checkpoint without loading it (cheap freshness check for the API)."""
-        with connect(self.database_url) as conn:
+        with self._connect() as conn:
             row = conn.execute("SELECT max(id) FROM learner_checkpoints WHERE learner = %s", (self.learner,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
@@ -138,7 +147,12 @@ def save_forked(repo: PostgresCheckpoints, model: AffinityModel, offsets: Offset
     """
     read_end, write_end = os.pipe()
     stats = model.stats()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
     if pid == 0:  # child: touch nothing but the snapshot and a fresh Postgres connection
         code = 1
         try:

@@ -41,6 +41,7 @@ def run_cmd(
     import signal
 
     from services.learner.api import LockedView, create_app
+    from services.learner.health import LearnerHealth
     from services.learner.main import ModelLock, run
     from shared.settings import Settings
 
@@ -49,12 +50,14 @@ def run_cmd(
     ls = settings.learner
     stop = threading.Event()
     shared = ModelLock()
+    health = LearnerHealth()
     if serve:
-        app = create_app(LockedView(shared.lock, lambda: shared.model), ls.api_token.get_secret_value())
+        view = LockedView(shared.lock, lambda: shared.model)
+        app = create_app(view, ls.api_token.get_secret_value(), health=health)
         threading.Thread(target=_serve_http, args=(app, ls.http_host, ls.http_port), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run(settings, ls, stop, shared)
+    run(settings, ls, stop, shared, health=health)
 
 
 def serve_cmd() -> None:
