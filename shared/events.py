@@ -117,6 +117,9 @@ class TagKind(StrEnum):
 class TagSource(StrEnum):
     MODEL = "model"
     ZERO_SHOT = "zero-shot"
+    # A below-threshold candidate published on purpose so feedback can confirm or reject it
+    # (recall, not only precision). Consumers that only want confident tags skip these.
+    EXPLORATORY = "exploratory"
 
 
 class Tag(BaseModel):
@@ -135,8 +138,11 @@ class TagEvent(Event):
     """Tags of one listing version (topic ``listing-tags``, key ``listing_id``; compacted).
 
     Deterministic for a given listing version and model version: only ``ts`` may
-    differ between two records produced for the same source event.
+    differ between two records produced for the same source event. Version 2 may carry
+    exploratory tags (``source="exploratory"``); version 1 events stay valid.
     """
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
 
     listing_id: Id
     tags: list[Tag] = Field(max_length=1000)
@@ -157,7 +163,13 @@ class FeedbackType(StrEnum):
 
 
 class FeedbackEvent(Event):
-    """What a shopper or merchant did with a listing (topic ``feedback``, key ``user_id``)."""
+    """What a shopper or merchant did with a listing (topic ``feedback``, key ``user_id``).
+
+    Version 2 adds ``position``: where the listing was shown (1 = first), so clicks can be
+    weighted by how likely that slot is to be looked at. Version 1 events stay valid.
+    """
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
 
     event_id: Id
     user_id: Id
@@ -168,6 +180,7 @@ class FeedbackEvent(Event):
     # Bounded so that quantity × price always fits the counters' columns (integer, numeric(20,4)).
     quantity: int = Field(default=1, ge=0, le=1_000_000)
     price: float | None = Field(default=None, ge=0.0, le=1e9)
+    position: int | None = Field(default=None, ge=1, le=10_000)
     ts: EventTime
 
 

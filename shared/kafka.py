@@ -194,6 +194,7 @@ def topic_specs(topics: TopicSettings) -> list[NewTopic]:
         NewTopic(topics.feedback, num_partitions=n, replication_factor=rf),
         NewTopic(topics.dead_letter, num_partitions=1, replication_factor=rf),
         NewTopic(topics.user_affinity, num_partitions=n, replication_factor=rf, config=compacted),
+        NewTopic(topics.shadow_tags, num_partitions=n, replication_factor=rf, config=compacted),
     ]
 
 

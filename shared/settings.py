@@ -63,12 +63,13 @@ class TopicSettings(BaseModel):
     feedback: str = "feedback"
     dead_letter: str = "dead-letter"
     user_affinity: str = "user-affinity"
+    shadow_tags: str = "listing-tags-shadow"  # a candidate's tags in shadow mode (never served)
     partitions: int = 4
     replication_factor: int = 1
 
     def suffixed(self, suffix: str) -> TopicSettings:
         """The same topics under names ending in ``-suffix``: private topics for a test or benchmark."""
-        names = ("listings", "tags", "feedback", "dead_letter", "user_affinity")
+        names = ("listings", "tags", "feedback", "dead_letter", "user_affinity", "shadow_tags")
         return self.model_copy(update={n: f"{getattr(self, n)}-{suffix}" for n in names})
 
 
@@ -78,6 +79,14 @@ class TritonSettings(BaseModel):
     encoder_model: str = "minilm_encoder"
     tag_model: str = "tag_model"
     timeout_s: float = 30.0
+
+
+class TaggerSettings(BaseModel):
+    """The tagger (``TAGLOOP_TAGGER__*``)."""
+
+    # How often a tagger re-reads the model registry (champion, shadow, canary): a promotion or a
+    # rollback reaches every tagger within this many seconds.
+    rollout_refresh_s: float = 5.0
 
 
 class LearnerSettings(BaseModel):
@@ -109,6 +118,83 @@ class LearnerSettings(BaseModel):
     refresh_interval_s: float = 2.0  # how often `serve` looks for a newer checkpoint
 
 
+class TrainerSettings(BaseModel):
+    """The trainer service: triggers, label building, replay, gate, canary, exploration (``TAGLOOP_TRAINER__*``).
+
+    A trigger only starts an evaluation job; a model reaches shoppers only through the gate and a canary.
+    """
+
+    # Seed of every random choice of the trainer (replay sample, MMD subsample and permutations):
+    # the same inputs give the same training set and the same drift verdict on every machine.
+    seed: int = 0
+
+    # --- triggers ---------------------------------------------------------------------------
+    schedule_interval_h: float = Field(24.0, gt=0)  # catalog and taste move over days: a daily refresh catches both
+    # A scheduled job with (almost) no new labels would refit the same data: skip it.
+    schedule_min_weighted_labels: float = Field(50.0, ge=0)
+    volume_weighted_labels: float = Field(500.0, gt=0)  # ~500 weighted labels move the per-tag SVMs measurably
+    cooldown_h: float = Field(6.0, ge=0)  # a noisy drift signal must not start a job on every evaluation tick
+    drift_reference_window_h: float = Field(168.0, gt=0)  # a week: smooths the weekday/weekend cycle
+    drift_recent_window_h: float = Field(24.0, gt=0)  # a day: long enough to count, short enough to react
+    drift_min_judgements: int = Field(100, ge=1)  # merchant accepts+rejects per window before a rate is trusted
+    drift_min_impressions: int = Field(2_000, ge=1)  # impressions per window: CTRs are small, they need many
+    acceptance_drop_tolerance: float = Field(0.05, ge=0, le=1)  # absolute drop of the acceptance rate (5 points)
+    ctr_drop_tolerance: float = Field(0.2, ge=0, le=1)  # relative drop of CTR (CTRs of ~2 % make absolute useless)
+    # MMD costs O(n²) per window pair and permutation: 500 embeddings per window keep it under a second.
+    mmd_sample_size: int = Field(500, ge=10)
+    mmd_min_samples: int = Field(50, ge=5)  # fewer embeddings in a window: no test (the p-value would be noise)
+    mmd_permutations: int = Field(200, ge=20)  # p-value resolution 1/201, well below the threshold
+    mmd_p_value: float = Field(0.01, gt=0, lt=1)  # strict: the test runs every tick, false alarms add up
+
+    # --- labels from feedback ---------------------------------------------------------------
+    # Examined impressions (impressions × examination propensity) without any engagement before a
+    # shown tag counts as a weak negative: a handful of unclicked views says nothing.
+    min_impressions_weak_negative: float = Field(20.0, gt=0)
+    min_engagement_weak_positive: float = Field(2.0, gt=0)  # one stray click (weight 1) is not enough
+    click_weight: float = Field(1.0, ge=0)
+    cart_weight: float = Field(3.0, ge=0)  # a cart costs the shopper more intent than a click
+    purchase_weight: float = Field(5.0, ge=0)  # a purchase is the strongest shopper signal
+    strong_label_weight: float = Field(5.0, gt=0)  # a merchant knows the product: worth several shopper signals
+    weak_label_max_weight: float = Field(2.0, gt=0)  # a weak label never outweighs a merchant's judgement
+    # p(examine | position) = 1 / position**eta (position 1 = top); eta = 1 is the usual first guess
+    # until a randomisation experiment measures it.
+    propensity_eta: float = Field(1.0, ge=0)
+    propensity_max_weight: float = Field(10.0, ge=1)  # clip 1/propensity: one deep click must not dominate
+    replay_share: float = Field(0.2, ge=0, lt=1)  # share of original labels in every training set: keeps old knowledge
+
+    # --- gate (candidate vs champion) ------------------------------------------------------
+    gate_golden_micro_f1_tolerance: float = Field(0.005, ge=0)  # about the golden set's sampling noise
+    gate_slice_f1_tolerance: float = Field(0.05, ge=0)  # a tag may wobble, not collapse
+    gate_slice_min_support: int = Field(20, ge=1)  # below this a tag's F1 moves by 0.05 with one example
+    # Floors catch a broken candidate (shuffled labels) without blocking a weak first model.
+    gate_floor_micro_f1: float = Field(0.3, ge=0, le=1)
+    gate_floor_coverage: float = Field(0.5, ge=0, le=1)  # share of golden listings given at least one tag
+    gate_recent_min_delta: float = Field(0.0, ge=0)  # the candidate must be strictly better on recent feedback
+    gate_recent_min_examples: int = Field(30, ge=1)  # a recent holdout smaller than this cannot show improvement
+
+    # --- canary -----------------------------------------------------------------------------
+    canary_share: float = Field(0.1, ge=0, le=1)  # a tenth of listings: a bad model hurts few, data comes fast
+    canary_min_impressions: int = Field(1_000, ge=1)  # per arm before CTRs are compared
+    canary_min_judgements: int = Field(30, ge=0)  # per arm before acceptance is compared; 0: CTR alone may decide
+    canary_min_requests: int = Field(200, ge=1)  # tagging requests per arm before p99 latency means anything
+    canary_alpha: float = Field(0.05, gt=0, lt=1)  # one-sided z-test level for "the candidate is worse"
+    canary_max_error_rate: float = Field(0.01, ge=0, le=1)  # failed tagging requests of the candidate
+    canary_max_p99_latency_ratio: float = Field(1.5, ge=1)  # candidate p99 / champion p99
+
+    # --- exploration ------------------------------------------------------------------------
+    # Share of below-threshold candidate tags published as exploratory, so feedback can confirm
+    # tags the model is unsure of (recall); small, because every one is a likely-wrong tag shown.
+    exploration_share: float = Field(0.02, ge=0, le=1)
+    exploration_max_tags_per_listing: int = Field(1, ge=0)  # a listing never shows more than one guess
+
+    @model_validator(mode="after")
+    def _mmd_threshold_reachable(self) -> TrainerSettings:
+        # The smallest permutation p-value is 1 / (1 + permutations): below the threshold or drift never fires.
+        if 1.0 / (1 + self.mmd_permutations) >= self.mmd_p_value:
+            raise ValueError(f"mmd_permutations={self.mmd_permutations} can never reach mmd_p_value={self.mmd_p_value}")
+        return self
+
+
 class Settings(BaseSettings):
     """All configuration of every tagloop service."""
 
@@ -125,7 +211,9 @@ class Settings(BaseSettings):
     triton_model_repository: Path = Path("triton_models")
     # Bearer token shared by the services' HTTP APIs (a service's own token wins).
     api_token: SecretStr = SecretStr("")
+    tagger: TaggerSettings = Field(default_factory=TaggerSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
 
     @model_validator(mode="after")
     def _shared_api_token(self) -> Settings:

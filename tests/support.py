@@ -149,3 +149,4 @@ def transactions_problem(kafka: KafkaSettings) -> str | None:
     leaked = [v for v in got if v not in expected]
     return (f"read_committed saw {len(got)} records ({len(leaked)} from open or aborted transactions), "
             f"expected {len(expected)}")
+

@@ -174,6 +174,11 @@ def create_app(
             yield m
 
     auth = [Depends(authorize)]
+    # Documented on every private route: clients generated from the OpenAPI expect them.
+    private: dict[int | str, dict[str, Any]] = {
+        401: {"description": "Missing or invalid bearer token"},
+        503: {"description": "No model loaded yet"},
+    }
     k_query = Query(10, ge=1, le=MAX_K, description="How many results")
 
     def current() -> Health:
@@ -203,7 +208,10 @@ def create_app(
         def metrics() -> Response:
             return Response(health.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/users/{user_id}/tags", response_model=UserTopTags, dependencies=auth, tags=["affinity"])
+    @app.get(
+        "/v1/users/{user_id}/tags", response_model=UserTopTags, dependencies=auth, tags=["affinity"],
+        responses=private,
+    )
     def user_top_tags(user_id: str, k: int = k_query) -> UserTopTags:
         """The ``k`` tags the user most likely engages with (a tag prior for unseen users)."""
         with model() as m:
@@ -216,7 +224,10 @@ def create_app(
                 tags=[TagScore(tag_id=t, score=s) for t, s in top],
             )
 
-    @app.get("/v1/users/{user_id}/tags/{tag_id}", response_model=PairScore, dependencies=auth, tags=["affinity"])
+    @app.get(
+        "/v1/users/{user_id}/tags/{tag_id}", response_model=PairScore, dependencies=auth, tags=["affinity"],
+        responses=private,
+    )
     def pair_score(user_id: str, tag_id: str) -> PairScore:
         """P(engagement | user, tag)."""
         with model() as m:
@@ -228,7 +239,10 @@ def create_app(
                 score=m.score(user_id, tag_id),
             )
 
-    @app.get("/v1/tags/{tag_id}/users", response_model=TagTopUsers, dependencies=auth, tags=["affinity"])
+    @app.get(
+        "/v1/tags/{tag_id}/users", response_model=TagTopUsers, dependencies=auth, tags=["affinity"],
+        responses=private,
+    )
     def tag_top_users(tag_id: str, k: int = k_query) -> TagTopUsers:
         """The ``k`` known users most likely to engage with the tag."""
         with model() as m:
@@ -239,7 +253,10 @@ def create_app(
                 users=[UserScore(user_id=u, score=s) for u, s in top],
             )
 
-    @app.get("/v1/stats", dependencies=auth, tags=["ops"])
+    @app.get(
+        "/v1/stats", dependencies=auth, tags=["ops"],
+        responses=private,
+    )
     def stats() -> dict[str, Any]:
         """Counters of the served model (events seen, duplicates, positives, negatives...)."""
         with model() as m:

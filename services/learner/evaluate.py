@@ -47,8 +47,12 @@ Granularity = Literal["all", "leaf"]
 
 
 def leaf_tags(tags: Sequence[str]) -> list[str]:
-    """The tags no other tag of the same product refines (Shopify ids: ``aa-1`` refines ``aa``)."""
-    return [t for t in tags if not any(u != t and u.startswith(t + "-") for u in tags)]
+    """The tags no other tag of the same product refines (category ids are paths: ``cat:a/b`` refines ``cat:a``).
+
+    >>> leaf_tags(["cat:apparel", "cat:apparel/shirts", "cat:home"])
+    ['cat:apparel/shirts', 'cat:home']
+    """
+    return [t for t in tags if not any(u != t and u.startswith(t + "/") for u in tags)]
 
 
 @dataclass(frozen=True)

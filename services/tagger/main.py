@@ -11,9 +11,12 @@ import contextlib
 import logging
 import signal
 
-from services.tagger.inference import build_backend
+import psycopg
+
 from services.tagger.metrics import HealthServer, TaggerMetrics
 from services.tagger.pipeline import TaggerOptions, TaggerPipeline
+from services.tagger.rollout import RolloutPlan
+from services.tagger.rollout_watch import RolloutWatcher, build_rollout, read_plan
 from shared.settings import Settings
 
 log = logging.getLogger("tagloop.tagger")
@@ -27,10 +30,13 @@ async def serve(settings: Settings, options: TaggerOptions, http_port: int | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, stop.set)
-    backend = await build_backend(settings)
-    log.info("model %s version %s", backend.stamp.name, backend.stamp.version)
+    plan = await initial_plan(settings)
+    rollout = await build_rollout(settings, plan)
+    log.info("model %s version %s (%s)", rollout.stamp.name, rollout.stamp.version, rollout.fingerprint)
     metrics = TaggerMetrics()
-    pipeline = TaggerPipeline(settings, backend, options, metrics)
+    pipeline = TaggerPipeline(settings, rollout, options, metrics)
+    watcher = RolloutWatcher(settings, pipeline, plan)
+    watch = asyncio.create_task(watcher.run(stop))
     health = None
     if http_port is not None:
         health = HealthServer(metrics, pipeline.ready, "127.0.0.1", http_port)
@@ -39,8 +45,19 @@ async def serve(settings: Settings, options: TaggerOptions, http_port: int | Non
     try:
         await pipeline.run(stop)
     finally:
+        stop.set()
+        await watch
         if health:
             health.stop()
+
+
+async def initial_plan(settings: Settings) -> RolloutPlan:
+    """The registry's plan, or the champion alone when the registry cannot be read."""
+    try:
+        return await asyncio.to_thread(read_plan, settings)
+    except psycopg.Error as exc:
+        log.warning("model registry unreachable at start (%s); serving the champion alone", exc)
+        return RolloutPlan(champion=None)
 
 
 def main(argv: list[str] | None = None) -> None:

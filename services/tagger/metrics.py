@@ -47,6 +47,16 @@ class TaggerMetrics:
             "tagloop_tagger_consumer_lag", "Records behind the end of each partition",
             ["topic", "partition"], registry=r,
         )
+        self.by_version = Counter(
+            "tagloop_tagger_tagged_by_version", "Listings tagged, by the model version that tagged them",
+            ["version"], registry=r,
+        )
+        self.shadow_items = Counter(
+            "tagloop_tagger_shadow_items", "Listings also tagged by a shadow candidate", registry=r
+        )
+        self.shadow_disagreements = Counter(
+            "tagloop_tagger_shadow_disagreements", "Shadow-tagged listings whose tag set differs", registry=r
+        )
         self.circuit_open = Gauge("tagloop_tagger_circuit_open", "1 while Triton is considered down", registry=r)
         self.inflight = Gauge("tagloop_tagger_inflight_batches", "Batches being inferred", registry=r)
         self.paused = Gauge("tagloop_tagger_paused", "1 while consumption is paused (backpressure)", registry=r)

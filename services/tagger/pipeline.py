@@ -46,6 +46,7 @@ from services.tagger.core import (
 from services.tagger.inference import TagBackend
 from services.tagger.metrics import TaggerMetrics
 from services.tagger.resilience import CircuitBreaker, CircuitState, call_with_retry
+from services.tagger.rollout import Rollout, Routed, ShadowResult
 from shared.dead_letters import make_dead_letter, without_original
 from shared.events import DeadLetter, decode, encode
 from shared.kafka import consumer_config, producer_config
@@ -107,12 +108,13 @@ class TaggerPipeline:
     def __init__(
         self,
         settings: Settings,
-        backend: TagBackend,
+        backend: TagBackend | Rollout,
         options: TaggerOptions | None = None,
         metrics: TaggerMetrics | None = None,
     ) -> None:
         self.settings = settings
-        self.backend = backend
+        # What tags the next batch: the champion, and during a rollout a candidate (see rollout.py).
+        self.rollout = backend if isinstance(backend, Rollout) else Rollout(backend)
         self.options = options or TaggerOptions()
         self.metrics = metrics or TaggerMetrics()
         self.breaker = CircuitBreaker(on_change=self._on_circuit)
@@ -158,20 +160,29 @@ class TaggerPipeline:
 
     async def _process(self, records: list[RawRecord]) -> BatchResult:
         """decode → plan → infer (with retries) → records to publish, in input order."""
-        plan = plan_batch(records, self.seen, self.backend.stamp.version, self.options.max_text_chars)
+        rollout = self.rollout  # this batch's versions, even if a new rollout is swapped in meanwhile
+        plan = plan_batch(records, self.seen, rollout.fingerprint, self.options.max_text_chars)
         by_record: dict[tuple[int, int], OutRecord] = {}
-        tagged = await self._infer(plan)
+        tagged = await self._infer(plan, rollout)
         topic = self.settings.topics.tags
-        stamp = self.backend.stamp
         event_ts: list[float] = []
+        shadow: list[OutRecord] = []
         for item in plan.to_tag:
             result = tagged.get(item.record.offset, item.record.partition)
             if isinstance(result, Exception):
                 self.seen.forget(item.listing.listing_id)
                 by_record[_key(item.record)] = self._dead_letter(item.record, result)
-            else:
-                by_record[_key(item.record)] = tag_record(topic, item, result, stamp.name, stamp.version)
-                event_ts.append(item.listing.ts.timestamp())
+                continue
+            by_record[_key(item.record)] = tag_record(topic, item, result.tags, result.stamp.name, result.stamp.version)
+            self.metrics.by_version.labels(result.stamp.version).inc()
+            event_ts.append(item.listing.ts.timestamp())
+            side = tagged.shadow(item.record.offset, item.record.partition)
+            if side is not None:
+                shadow.append(tag_record(self.settings.topics.shadow_tags, item, side.tags, side.stamp.name,
+                                         side.stamp.version))
+                self.metrics.shadow_items.inc()
+                if {t.tag_id for t in side.tags} != {t.tag_id for t in result.tags}:
+                    self.metrics.shadow_disagreements.inc()
         for record, listing in plan.deleted:
             by_record[_key(record)] = tombstone_record(topic, listing, record)
         for rej in plan.rejected:
@@ -179,37 +190,51 @@ class TaggerPipeline:
         self.metrics.skipped_unchanged.inc(len(plan.unchanged))
         # Input order: a listing deleted then re-created within one batch must end tagged, not tombstoned.
         out = [by_record[k] for k in map(_key, records) if k in by_record]
-        return BatchResult(out, event_ts)
+        return BatchResult(out + shadow, event_ts)
 
-    async def _infer(self, plan: BatchPlan) -> _Results:
+    async def _infer(self, plan: BatchPlan, rollout: Rollout) -> _Results:
         """Tags per listing; a batch Triton rejects is split to isolate the invalid listings."""
         results = _Results()
         if not plan.to_tag:
             return results
         self.metrics.batch_size.observe(len(plan.to_tag))
-        texts = [item.text for item in plan.to_tag]
-        keys = [(item.record.offset, item.record.partition) for item in plan.to_tag]
-        await self._infer_into(texts, keys, results)
+        items = [(item.text, item.listing.listing_id, (item.record.offset, item.record.partition))
+                 for item in plan.to_tag]
+        await self._infer_into(items, rollout, results)
         return results
 
-    async def _infer_into(self, texts: list[str], keys: list[tuple[int, int]], results: _Results) -> None:
+    async def _infer_into(
+        self, items: list[tuple[str, str, tuple[int, int]]], rollout: Rollout, results: _Results
+    ) -> None:
         started = time.perf_counter()
+        texts, ids = [t for t, _, _ in items], [i for _, i, _ in items]
         try:
-            tags = await call_with_retry(
-                lambda: self.backend.tag(texts), is_retryable=is_retryable, breaker=self.breaker,
-                ready=self.backend.ready,
+            routed, shadow = await call_with_retry(
+                lambda: rollout.tag(texts, ids), is_retryable=is_retryable, breaker=self.breaker,
+                ready=rollout.ready,
             )
         except Exception as exc:  # not retryable: invalid input somewhere in this batch
-            if len(texts) == 1:
-                results.put(keys[0], exc)
+            if len(items) == 1:
+                results.put(items[0][2], exc)
                 return
-            mid = len(texts) // 2
-            await self._infer_into(texts[:mid], keys[:mid], results)
-            await self._infer_into(texts[mid:], keys[mid:], results)
+            mid = len(items) // 2
+            await self._infer_into(items[:mid], rollout, results)
+            await self._infer_into(items[mid:], rollout, results)
             return
         self.metrics.triton_latency.observe(time.perf_counter() - started)
-        for key, item_tags in zip(keys, tags, strict=True):
+        for (_, _, key), item_tags in zip(items, routed, strict=True):
             results.put(key, item_tags)
+        for side in shadow:
+            results.put_shadow(items[side.index][2], side)
+
+    def swap(self, rollout: Rollout) -> Rollout:
+        """Tag the next batches with ``rollout`` (batches in flight finish with theirs); returns the old one.
+
+        The caller closes the old rollout's clients once nothing uses them (at shutdown).
+        """
+        old, self.rollout = self.rollout, rollout
+        log.info("now tagging with %s", rollout.fingerprint)
+        return old
 
     # -- publish and commit ---------------------------------------------------------
 
@@ -399,7 +424,7 @@ class TaggerPipeline:
                 b.task.cancel()
             if self.consumer is not None:
                 self.consumer.close()
-            await self.backend.close()
+            await self.rollout.close()
 
     # -- helpers --------------------------------------------------------------------
 
@@ -441,10 +466,17 @@ class _Results:
     """Inference results keyed by (offset, partition) of the listing record."""
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[int, int], list | Exception] = {}
+        self._by_key: dict[tuple[int, int], Routed | Exception] = {}
+        self._shadow: dict[tuple[int, int], ShadowResult] = {}
 
-    def put(self, key: tuple[int, int], value: list | Exception) -> None:
+    def put(self, key: tuple[int, int], value: Routed | Exception) -> None:
         self._by_key[key] = value
 
-    def get(self, offset: int, partition: int) -> list | Exception:
+    def put_shadow(self, key: tuple[int, int], value: ShadowResult) -> None:
+        self._shadow[key] = value
+
+    def get(self, offset: int, partition: int) -> Routed | Exception:
         return self._by_key[(offset, partition)]
+
+    def shadow(self, offset: int, partition: int) -> ShadowResult | None:
+        return self._shadow.get((offset, partition))

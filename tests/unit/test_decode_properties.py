@@ -77,7 +77,7 @@ HOSTILE: list[bytes | None] = [
     doc().replace(b'"f1"', b'"\xed\xa0\x80"'),  # a surrogate encoded in UTF-8 (invalid UTF-8)
     doc().replace(b'{"event_id"', b'{"event_id":"f0","event_id"'),  # a repeated key
     doc().replace(b'"f1"', b'"\xff"'), b"\xff\xfe{}", b"\xef\xbb\xbf" + doc(), b"\xc0\x80",
-    doc(event_id='"a\\u0000b"'), doc().replace(b"f1", b"f\x00"), doc(schema_version="2"),
+    doc(event_id='"a\\u0000b"'), doc().replace(b"f1", b"f\x00"), doc(schema_version="3"),
 ]
 FRAGMENTS = [b'"\\ud800"', b"NaN", b"1e999999", b"[" * 300, b'"ts":1,', b"\xff", b"\xed\xa0\x80", b"\\u0000", b"}"]
 

@@ -24,7 +24,7 @@ def test_round_trip_every_event_type() -> None:
     ]
     for ev in events:
         assert decode(type(ev), encode(ev)) == ev
-        assert ev.schema_version == 1
+        assert ev.schema_version in (1, 2)
 
 
 def test_timestamps_are_normalised_to_utc() -> None:
@@ -42,7 +42,7 @@ def test_timestamps_are_normalised_to_utc() -> None:
         b'{"event_id": "e", "listing_id": "l", "op": "created", "title": "t", "ts": "2026-01-01T00:00:00Z",'
         b' "surprise": 1}',
         b'{"event_id": "e", "listing_id": "l", "op": "created", "title": "t", "ts": "2026-01-01T00:00:00Z",'
-        b' "schema_version": 2}',
+        b' "schema_version": 3}',
     ],
 )
 def test_invalid_listings_are_rejected_with_a_reason(raw: bytes) -> None:
@@ -89,3 +89,15 @@ def test_suffixed_topics_keep_partitions_and_rename_every_topic() -> None:
     assert (t.listings, t.tags, t.feedback, t.dead_letter, t.user_affinity) == (
         "listings-x1", "listing-tags-x1", "feedback-x1", "dead-letter-x1", "user-affinity-x1")
     assert t.partitions == 7
+
+
+def test_feedback_v2_adds_position_and_v1_events_stay_valid() -> None:
+    v1 = b'{"schema_version": 1, "event_id": "f", "user_id": "u", "listing_id": "l", "type": "click",' \
+         b' "ts": "2026-01-01T00:00:00Z"}'
+    old = decode(FeedbackEvent, v1)
+    assert old.schema_version == 1 and old.position is None
+    new = FeedbackEvent(event_id="f", user_id="u", listing_id="l", type="click", position=3,
+                        ts=datetime(2026, 1, 1, tzinfo=UTC))
+    assert new.schema_version == 2 and decode(FeedbackEvent, encode(new)).position == 3
+    with pytest.raises(DecodeError):
+        decode(FeedbackEvent, v1.replace(b'"type"', b'"position": 0, "type"'))

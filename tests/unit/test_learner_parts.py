@@ -44,10 +44,8 @@ def test_metrics() -> None:
 
 
 def test_leaf_tags_keep_only_the_most_specific() -> None:
-    assert leaf_tags(["shopify:hg", "shopify:hg-3", "shopify:hg-3-34", "shopify:aa"]) == [
-        "shopify:hg-3-34",
-        "shopify:aa",
-    ]
+    tags = ["cat:home-garden", "cat:home-garden/kitchen", "cat:home-garden/kitchen/knives", "cat:home", "cat:apparel"]
+    assert leaf_tags(tags) == ["cat:home-garden/kitchen/knives", "cat:home", "cat:apparel"]
 
 
 def _purchases() -> list[Purchase]:

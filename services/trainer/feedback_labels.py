@@ -1,0 +1,317 @@
+"""Feedback counters -> training labels, the replay mix and a training set's fingerprint (no I/O).
+
+The label builder's adapter reads one :class:`FeedbackRow` per (listing, tag) from the view the
+feedback service owns; :func:`build_labels` turns them into :class:`Label` rows.
+
+Rules (thresholds and weights in :class:`~shared.settings.TrainerSettings`)
+--------------------------------------------------------------------------
+* **Strong** -- merchant ``tag_accept`` / ``tag_reject`` on the tag. When both happened, the
+  *latest* wins if both timestamps are known and differ, else the *majority*; a tie gives **no
+  label at all** (merchants who know the product disagree: shopper behaviour cannot settle it).
+  A strong label has weight ``strong_label_weight`` and hides any weak evidence of the pair.
+* **Weak positive** -- engagement ``click_weight·clicks + cart_weight·carts +
+  purchase_weight·purchases`` ≥ ``min_engagement_weak_positive``. Clicks are position-weighted
+  when the adapter supplies ``weighted_clicks`` (see :func:`click_weight`).
+* **Weak negative** -- no click, cart or purchase at all and examined impressions ≥
+  ``min_impressions_weak_negative`` (``examined_impressions`` when supplied, else impressions).
+* Weak weight = evidence / threshold, capped at ``weak_label_max_weight`` (1.0 at the threshold).
+* Some engagement below the threshold gives no label. Exploratory tags are labelled like any
+  other; the flag is kept so that :func:`composition` can count them.
+
+Position bias: a shopper examines position ``k`` (1 = top) with propensity ``1 / k**eta``. A
+click at ``k`` is weighted ``1 / propensity``, clipped at ``propensity_max_weight``; an
+impression at ``k`` counts ``propensity`` examinations. Unknown positions count 1.
+
+Examples
+--------
+>>> from shared.settings import TrainerSettings
+>>> rows = [FeedbackRow("l1", "t1", impressions=5, rejects=1),
+...         FeedbackRow("l1", "t2", impressions=40),
+...         FeedbackRow("l2", "t1", impressions=9, clicks=1, carts=1)]
+>>> [(x.tag_id, x.label, x.weight, x.kind.value) for x in build_labels(rows, TrainerSettings())]
+[('t1', 0, 5.0, 'strong'), ('t2', 0, 2.0, 'weak'), ('t1', 1, 2.0, 'weak')]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+
+from shared.settings import TrainerSettings
+
+
+class LabelKind(StrEnum):
+    STRONG = "strong"  # a merchant's accept/reject
+    WEAK = "weak"  # shopper behaviour
+    REPLAY = "replay"  # sampled from the original labelled data
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """Aggregated feedback of one tag shown on one listing (what the feedback view returns).
+
+    ``weighted_clicks`` is Σ :func:`click_weight` over the clicks and ``examined_impressions``
+    Σ :func:`examination_propensity` over the impressions (1 per event of unknown position);
+    ``None`` means positions are unknown and the raw counts are used.
+    """
+
+    listing_id: str
+    tag_id: str
+    impressions: int = 0
+    clicks: int = 0
+    carts: int = 0
+    purchases: int = 0
+    accepts: int = 0
+    rejects: int = 0
+    weighted_clicks: float | None = None
+    examined_impressions: float | None = None
+    exploratory: bool = False
+    last_accept_at: datetime | None = None
+    last_reject_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        counts = (self.impressions, self.clicks, self.carts, self.purchases, self.accepts, self.rejects)
+        extra = (self.weighted_clicks or 0.0, self.examined_impressions or 0.0)
+        if min(counts) < 0 or min(extra) < 0:
+            raise ValueError(f"negative count in feedback row {self.listing_id}/{self.tag_id}")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One training label: is ``tag_id`` right for ``listing_id`` (1) or not (0), and how much it counts."""
+
+    listing_id: str
+    tag_id: str
+    label: int
+    weight: float
+    kind: LabelKind
+    exploratory: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.listing_id, self.tag_id)
+
+
+def examination_propensity(position: int | None, eta: float = 1.0) -> float:
+    """p(examine | position) = ``1 / position**eta``; 1.0 for an unknown position.
+
+    >>> examination_propensity(4, eta=1.0), examination_propensity(None)
+    (0.25, 1.0)
+    """
+    if position is None:
+        return 1.0
+    if position < 1:
+        raise ValueError(f"positions start at 1, got {position}")
+    return float(position) ** -eta
+
+
+def click_weight(position: int | None, eta: float = 1.0, max_weight: float = 10.0) -> float:
+    """Inverse-propensity weight of one click, clipped at ``max_weight``.
+
+    >>> click_weight(3), click_weight(50), click_weight(None)
+    (3.0, 10.0, 1.0)
+    """
+    return min(1.0 / examination_propensity(position, eta), max_weight)
+
+
+def weighted_click_mass(positions: Iterable[int | None], settings: TrainerSettings) -> float:
+    """Σ :func:`click_weight` over clicks at ``positions`` (``None`` = unknown): ``FeedbackRow.weighted_clicks``."""
+    return sum(click_weight(p, settings.propensity_eta, settings.propensity_max_weight) for p in positions)
+
+
+def examined_impression_mass(positions: Iterable[int | None], settings: TrainerSettings) -> float:
+    """Σ :func:`examination_propensity` over impressions: ``FeedbackRow.examined_impressions``."""
+    return sum(examination_propensity(p, settings.propensity_eta) for p in positions)
+
+
+def engagement_weight(row: FeedbackRow, settings: TrainerSettings) -> float:
+    """Shopper engagement of a row: position-weighted clicks, carts and purchases, by their weights."""
+    clicks = row.weighted_clicks if row.weighted_clicks is not None else float(row.clicks)
+    return settings.click_weight * clicks + settings.cart_weight * row.carts + settings.purchase_weight * row.purchases
+
+
+def merchant_verdict(row: FeedbackRow) -> int | None:
+    """1 (accept), 0 (reject) or ``None`` (no judgement, or a tie) -- see the module's rules."""
+    if row.accepts == 0 and row.rejects == 0:
+        return None
+    if row.rejects == 0:
+        return 1
+    if row.accepts == 0:
+        return 0
+    if row.last_accept_at is not None and row.last_reject_at is not None and row.last_accept_at != row.last_reject_at:
+        return 1 if row.last_accept_at > row.last_reject_at else 0
+    if row.accepts == row.rejects:
+        return None
+    return 1 if row.accepts > row.rejects else 0
+
+
+def label_row(row: FeedbackRow, settings: TrainerSettings) -> Label | None:
+    """The label of one row, or ``None`` when the evidence is missing, too thin or contradictory."""
+
+    def make(label: int, weight: float, kind: LabelKind) -> Label:
+        return Label(row.listing_id, row.tag_id, label, weight, kind, row.exploratory)
+
+    if row.accepts or row.rejects:
+        verdict = merchant_verdict(row)
+        return None if verdict is None else make(verdict, settings.strong_label_weight, LabelKind.STRONG)
+    engagement = engagement_weight(row, settings)
+    if engagement >= settings.min_engagement_weak_positive:
+        return make(1, _weak_weight(engagement, settings.min_engagement_weak_positive, settings), LabelKind.WEAK)
+    if row.clicks or row.carts or row.purchases:
+        return None
+    examined = row.examined_impressions if row.examined_impressions is not None else float(row.impressions)
+    if examined >= settings.min_impressions_weak_negative:
+        return make(0, _weak_weight(examined, settings.min_impressions_weak_negative, settings), LabelKind.WEAK)
+    return None
+
+
+def _weak_weight(evidence: float, threshold: float, settings: TrainerSettings) -> float:
+    return min(evidence / threshold, settings.weak_label_max_weight)
+
+
+def build_labels(rows: Iterable[FeedbackRow], settings: TrainerSettings) -> list[Label]:
+    """Labels of all rows that have enough evidence, in input order (one label per row at most)."""
+    return [label for row in rows if (label := label_row(row, settings)) is not None]
+
+
+def replay_count(n_feedback: int, n_original: int, share: float) -> int:
+    """How many original labels make ``share`` of a set with ``n_feedback`` feedback labels.
+
+    >>> replay_count(800, 10_000, 0.2), replay_count(800, 50, 0.2), replay_count(0, 100, 0.2)
+    (200, 50, 0)
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"replay share must be in [0, 1), got {share}")
+    return min(round(share * n_feedback / (1.0 - share)), n_original)
+
+
+def mix_replay(
+    feedback_labels: Sequence[Label], original_labels: Sequence[Label], share: float = 0.2, seed: int = 0
+) -> list[Label]:
+    """A training set: the feedback labels plus a replay sample of the original labels, stratified by tag.
+
+    The replay sample is ``share`` of the final set (:func:`replay_count`) and each tag gets
+    the share of it that the tag has among the original labels (largest-remainder rounding,
+    ties by tag id). Original labels of a (listing, tag) that feedback labelled are left out
+    (the feedback is newer). Replayed labels keep their label and weight and get kind
+    ``replay``. The result is sorted by (listing, tag, kind) and depends only on the inputs'
+    contents and ``seed``, not on their order.
+    """
+    covered = {label.key for label in feedback_labels}
+    pool: dict[str, list[Label]] = defaultdict(list)
+    for label in sorted(original_labels, key=_sort_key):
+        if label.key not in covered:
+            pool[label.tag_id].append(label)
+    n_pool = sum(len(v) for v in pool.values())
+    total = replay_count(len(feedback_labels), n_pool, share)
+    rng = np.random.default_rng(seed)
+    replayed: list[Label] = []
+    for tag_id, quota in _allocate(total, {t: len(v) for t, v in pool.items()}).items():
+        picks = rng.choice(len(pool[tag_id]), size=quota, replace=False)
+        replayed.extend(replace(pool[tag_id][i], kind=LabelKind.REPLAY) for i in sorted(picks))
+    return sorted([*feedback_labels, *replayed], key=_sort_key)
+
+
+def _allocate(total: int, sizes: dict[str, int]) -> dict[str, int]:
+    """Split ``total`` over strata proportionally to ``sizes`` (largest remainder, ties by name)."""
+    n = sum(sizes.values())
+    if total <= 0 or n == 0:
+        return {}
+    exact = {tag: total * size / n for tag, size in sizes.items()}
+    quota = {tag: int(x) for tag, x in exact.items()}
+    by_remainder = sorted(sizes, key=lambda tag: (-(exact[tag] - quota[tag]), tag))
+    for tag in by_remainder[: total - sum(quota.values())]:
+        quota[tag] += 1
+    return {tag: q for tag, q in sorted(quota.items()) if q > 0}
+
+
+def _sort_key(label: Label) -> tuple[str, str, str, int, float, bool]:
+    return (label.listing_id, label.tag_id, label.kind.value, label.label, label.weight, label.exploratory)
+
+
+@dataclass(frozen=True)
+class TagComposition:
+    strong: int = 0
+    weak: int = 0
+    replayed: int = 0
+    positives: int = 0
+    negatives: int = 0
+
+
+@dataclass(frozen=True)
+class Composition:
+    """What a training set is made of, overall and per tag (stored with the job and the model)."""
+
+    total: int
+    strong: int
+    weak: int
+    replayed: int
+    exploratory: int
+    positives: int
+    negatives: int
+    weight: float
+    per_tag: dict[str, TagComposition] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form (per-tag entries as plain dicts)."""
+        out: dict[str, object] = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "per_tag"}
+        out["per_tag"] = {tag: vars(c) for tag, c in sorted(self.per_tag.items())}
+        return out
+
+
+def composition(labels: Iterable[Label]) -> Composition:
+    """Counts of strong, weak and replayed labels (and positives, negatives), overall and per tag.
+
+    >>> c = composition([Label("l1", "t", 1, 5.0, LabelKind.STRONG), Label("l2", "t", 0, 1.0, LabelKind.REPLAY)])
+    >>> c.strong, c.replayed, c.per_tag["t"].negatives
+    (1, 1, 1)
+    """
+    kinds: Counter[str] = Counter()
+    per_tag: dict[str, Counter[str]] = defaultdict(Counter)
+    exploratory = 0
+    weight = 0.0
+    for label in labels:
+        kind = "replayed" if label.kind is LabelKind.REPLAY else label.kind.value
+        polarity = "positives" if label.label else "negatives"
+        kinds.update((kind, polarity))
+        per_tag[label.tag_id].update((kind, polarity))
+        exploratory += label.exploratory
+        weight += label.weight
+    names = ("strong", "weak", "replayed", "positives", "negatives")
+    return Composition(
+        total=kinds["positives"] + kinds["negatives"],
+        strong=kinds["strong"],
+        weak=kinds["weak"],
+        replayed=kinds["replayed"],
+        exploratory=exploratory,
+        positives=kinds["positives"],
+        negatives=kinds["negatives"],
+        weight=weight,
+        per_tag={tag: TagComposition(**{n: c[n] for n in names}) for tag, c in sorted(per_tag.items())},
+    )
+
+
+def fingerprint(labels: Iterable[Label]) -> str:
+    """sha256 of the labels in a canonical sorted form: the same set gives the same hex digest in any order.
+
+    >>> a, b = Label("l1", "t", 1, 1.0, LabelKind.WEAK), Label("l2", "t", 0, 5.0, LabelKind.STRONG)
+    >>> fingerprint([a, b]) == fingerprint([b, a]) != fingerprint([a])
+    True
+    """
+    # One JSON array per label: unambiguous whatever characters the ids hold; repr() of a float round-trips.
+    lines = sorted(
+        json.dumps([x.listing_id, x.tag_id, int(x.label), repr(float(x.weight)), x.kind.value, bool(x.exploratory)])
+        for x in labels
+    )
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,191 @@
+"""Canary routing, exploratory tag picks and the canary verdict (pure; no I/O).
+
+Routing must give the same answer for a listing in every tagger process, after every restart
+and on every machine, so it is a keyed hash, never Python's randomised ``hash()`` or a random
+draw: :func:`unit_hash` maps ``(salt, key)`` through BLAKE2b to a uniform number in [0, 1).
+Use the candidate's version as (part of) the salt, so each canary tags a different slice of
+listings and no listing is always the guinea pig.
+
+Examples
+--------
+>>> routes_to_candidate("listing-42", 0.1, salt="v7") == routes_to_candidate("listing-42", 0.1, salt="v7")
+True
+>>> routes_to_candidate("listing-42", 0.0, salt="v7"), routes_to_candidate("listing-42", 1.0, salt="v7")
+(False, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.settings import TrainerSettings
+
+_SEP = b"\x1f"  # unit separator: ("a", "bc") and ("ab", "c") hash differently
+
+
+def unit_hash(salt: str, *parts: str) -> float:
+    """A uniform number in [0, 1) from BLAKE2b of ``salt`` and ``parts``; stable everywhere.
+
+    >>> unit_hash("s", "a")
+    0.688830000530899
+    """
+    data = _SEP.join(p.encode("utf-8") for p in (salt, *parts))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") / 2.0**64
+
+
+def routes_to_candidate(listing_id: str, share: float, salt: str) -> bool:
+    """Whether the canary (candidate) version tags ``listing_id``: true for ``share`` of listings."""
+    return unit_hash(salt, listing_id) < share
+
+
+def exploratory_pick(listing_id: str, candidates: Iterable[str], share: float, max_n: int, salt: str) -> list[str]:
+    """Below-threshold candidate tags of a listing to publish as exploratory.
+
+    Each (listing, tag) pair is picked with probability ``share`` by its own hash, so about
+    ``share`` of all candidate tags are explored, independently of the order the candidates
+    come in; at most ``max_n`` are kept per listing (those with the smallest hashes: still a
+    uniform choice). The result is sorted by that hash.
+
+    >>> exploratory_pick("l1", ["t1", "t2", "t3"], share=1.0, max_n=1, salt="x")
+    ['t3']
+    >>> exploratory_pick("l1", ["t1", "t2", "t3"], share=0.0, max_n=1, salt="x")
+    []
+    """
+    if max_n <= 0 or share <= 0.0:
+        return []
+    scored = sorted((h, tag) for tag in set(candidates) if (h := unit_hash(salt, listing_id, tag)) < share)
+    return [tag for _, tag in scored[:max_n]]
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """What one arm (champion or candidate) did during the canary.
+
+    ``requests`` / ``errors``: listings the arm was asked to tag and how many of them failed;
+    ``latency_p99_ms``: its tagging latency, ``None`` when not measured.
+    """
+
+    impressions: int = 0
+    clicks: int = 0
+    accepts: int = 0
+    rejects: int = 0
+    requests: int = 0
+    errors: int = 0
+    latency_p99_ms: float | None = None
+
+    @property
+    def judgements(self) -> int:
+        return self.accepts + self.rejects
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+Action = Literal["promote", "rollback", "wait"]
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    action: Action
+    reasons: list[str] = field(default_factory=list)
+
+
+def one_sided_p_worse(successes_a: int, trials_a: int, successes_b: int, trials_b: int) -> float:
+    """p-value of "rate b is lower than rate a" by a pooled two-proportion z-test (small: b is worse).
+
+    >>> round(one_sided_p_worse(100, 1000, 60, 1000), 4)
+    0.0005
+    >>> one_sided_p_worse(5, 10, 5, 10)
+    0.5
+    """
+    if trials_a <= 0 or trials_b <= 0:
+        raise ValueError("both arms need trials")
+    pooled = (successes_a + successes_b) / (trials_a + trials_b)
+    se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / trials_a + 1.0 / trials_b))
+    if se == 0.0:  # both rates 0 or both 1: no evidence either way
+        return 0.5
+    z = (successes_b / trials_b - successes_a / trials_a) / se
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))  # Φ(z)
+
+
+def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSettings) -> CanaryVerdict:
+    """Promote, roll back or wait, with every reason.
+
+    Order of the rules:
+
+    1. **rollback** on operations, at any sample size: the candidate's errors exceed
+       ``canary_max_error_rate`` of ``max(requests, canary_min_requests)`` (so a few early
+       errors cannot decide alone, but enough of them do before the minimum is reached); or,
+       with ≥ ``canary_min_requests`` requests on both arms, candidate p99 latency over
+       ``canary_max_p99_latency_ratio`` × the champion's.
+    2. **wait** while either arm has fewer than ``canary_min_impressions`` impressions or (when
+       ``canary_min_judgements`` > 0) fewer merchant judgements than that.
+    3. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided pooled
+       two-proportion z-test (:func:`one_sided_p_worse`) of "candidate rate < champion rate" has
+       p < ``canary_alpha``. Tests run only once the minimum sample is reached (no early peeking).
+    4. **promote** otherwise: not worse on CTR and acceptance over the minimum sample.
+    """
+    cfg = settings
+    reasons: list[str] = []
+    allowed_errors = cfg.canary_max_error_rate * max(candidate.requests, cfg.canary_min_requests)
+    error_line = (
+        f"candidate errors {candidate.errors}/{candidate.requests} ({candidate.error_rate:.2%}), "
+        f"limit {cfg.canary_max_error_rate:.2%}"
+    )
+    if candidate.errors > allowed_errors:
+        return CanaryVerdict("rollback", [f"FAIL errors: {error_line}"])
+    reasons.append(f"PASS errors: {error_line}")
+    latency_bad = _latency_check(champion, candidate, cfg, reasons)
+    if latency_bad:
+        return CanaryVerdict("rollback", reasons)
+
+    short = [
+        f"{arm} has {n} {what} < {minimum}"
+        for arm, stats in (("champion", champion), ("candidate", candidate))
+        for what, n, minimum in (
+            ("impressions", stats.impressions, cfg.canary_min_impressions),
+            ("judgements", stats.judgements, cfg.canary_min_judgements),
+        )
+        if n < minimum
+    ]
+    if short:
+        return CanaryVerdict("wait", [*reasons, "WAIT sample: " + "; ".join(short)])
+
+    worse = False
+    comparisons = [("CTR", champion.clicks, champion.impressions, candidate.clicks, candidate.impressions)]
+    if champion.judgements and candidate.judgements:
+        comparisons.append(
+            ("acceptance", champion.accepts, champion.judgements, candidate.accepts, candidate.judgements)
+        )
+    else:
+        reasons.append("SKIP acceptance: no merchant judgements and canary_min_judgements = 0")
+    for name, s_a, n_a, s_b, n_b in comparisons:
+        p = one_sided_p_worse(s_a, n_a, s_b, n_b)
+        bad = p < cfg.canary_alpha
+        worse |= bad
+        reasons.append(
+            f"{'FAIL' if bad else 'PASS'} {name}: candidate {s_b / n_b:.4f} ({n_b}) "
+            f"vs champion {s_a / n_a:.4f} ({n_a}), "
+            f"one-sided p(worse) = {p:.4f} {'<' if bad else '≥'} α {cfg.canary_alpha:g}"
+        )
+    return CanaryVerdict("rollback" if worse else "promote", reasons)
+
+
+def _latency_check(champion: ArmStats, candidate: ArmStats, cfg: TrainerSettings, reasons: list[str]) -> bool:
+    """Append the latency reason; true when the candidate is too slow."""
+    a, b = champion.latency_p99_ms, candidate.latency_p99_ms
+    if a is None or b is None or a <= 0 or min(champion.requests, candidate.requests) < cfg.canary_min_requests:
+        reasons.append(f"SKIP latency: needs p99 of both arms and ≥ {cfg.canary_min_requests} requests each")
+        return False
+    ratio = b / a
+    bad = ratio > cfg.canary_max_p99_latency_ratio
+    reasons.append(
+        f"{'FAIL' if bad else 'PASS'} latency: candidate p99 {b:.1f} ms vs champion {a:.1f} ms "
+        f"(ratio {ratio:.2f}, limit {cfg.canary_max_p99_latency_ratio:g})"
+    )
+    return bad

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from shared.canary import (
+    ArmStats,
+    canary_verdict,
+    exploratory_pick,
+    one_sided_p_worse,
+    routes_to_candidate,
+    unit_hash,
+)
+from shared.settings import TrainerSettings
+
+IDS = [f"listing-{i}" for i in range(100_000)]
+CFG = TrainerSettings(canary_min_impressions=1000, canary_min_judgements=30, canary_min_requests=200)
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5])
+def test_routing_share_is_within_one_percent_over_100k_ids(share: float) -> None:
+    routed = sum(routes_to_candidate(i, share, salt="v7") for i in IDS)
+    assert abs(routed / len(IDS) - share) < 0.01
+
+
+def test_routing_is_stable_across_calls_and_depends_on_the_salt() -> None:
+    first = {i for i in IDS[:20_000] if routes_to_candidate(i, 0.1, salt="v7")}
+    assert first == {i for i in IDS[:20_000] if routes_to_candidate(i, 0.1, salt="v7")}
+    other = {i for i in IDS[:20_000] if routes_to_candidate(i, 0.1, salt="v8")}
+    assert 0.05 < len(first & other) / len(first) < 0.15  # an independent slice: overlap ≈ share
+    # a larger share only adds listings: raising the canary never moves a listing back
+    assert first <= {i for i in IDS[:20_000] if routes_to_candidate(i, 0.2, salt="v7")}
+
+
+def test_routing_is_the_same_in_another_process() -> None:
+    code = "from shared.canary import unit_hash; print(repr(unit_hash('v7', 'listing-42')))"
+    env = os.environ | {"PYTHONHASHSEED": "123"}  # str hashes differ from this process: routing must not use them
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert float(out.stdout) == unit_hash("v7", "listing-42")
+
+
+def test_unit_hash_separates_its_parts() -> None:
+    assert unit_hash("s", "ab", "c") != unit_hash("s", "a", "bc")
+    assert 0.0 <= unit_hash("s", "") < 1.0
+
+
+# --- exploration ---------------------------------------------------------------------------------
+
+
+def test_exploration_picks_about_its_share_of_candidate_tags() -> None:
+    picked = sum(len(exploratory_pick(i, ["t1"], share=0.02, max_n=1, salt="x")) for i in IDS)
+    assert abs(picked / len(IDS) - 0.02) < 0.002
+
+
+def test_exploration_is_deterministic_capped_and_order_independent() -> None:
+    tags = [f"t{k}" for k in range(30)]
+    counts = Counter(len(exploratory_pick(i, tags, share=0.2, max_n=2, salt="x")) for i in IDS[:5_000])
+    assert max(counts) == 2 and counts[0] > 0
+    for i in IDS[:500]:
+        picks = exploratory_pick(i, tags, share=0.2, max_n=2, salt="x")
+        assert picks == exploratory_pick(i, list(reversed(tags)) + tags[:3], share=0.2, max_n=2, salt="x")
+        assert set(picks) <= set(tags)
+    assert exploratory_pick("l", tags, share=0.5, max_n=0, salt="x") == []
+    assert exploratory_pick("l", [], share=0.5, max_n=1, salt="x") == []
+
+
+# --- verdict -------------------------------------------------------------------------------------
+
+
+def arm(
+    impressions: int = 5_000,
+    clicks: int = 100,
+    accepts: int = 80,
+    rejects: int = 20,
+    requests: int = 1_000,
+    errors: int = 0,
+    p99: float | None = 40.0,
+) -> ArmStats:
+    return ArmStats(impressions, clicks, accepts, rejects, requests, errors, p99)
+
+
+def test_equal_arms_over_the_minimum_sample_promote() -> None:
+    v = canary_verdict(arm(), arm(clicks=95, accepts=78, rejects=22), CFG)
+    assert v.action == "promote"
+    assert any(r.startswith("PASS CTR") for r in v.reasons) and any(r.startswith("PASS acceptance") for r in v.reasons)
+
+
+def test_below_the_minimum_sample_wait() -> None:
+    v = canary_verdict(arm(), arm(impressions=400, clicks=1), CFG)
+    assert v.action == "wait"
+    assert "candidate has 400 impressions < 1000" in v.reasons[-1]
+    assert canary_verdict(arm(), arm(accepts=10, rejects=5), CFG).action == "wait"  # 15 judgements < 30
+
+
+def test_worse_ctr_or_acceptance_roll_back() -> None:
+    ctr = canary_verdict(arm(), arm(clicks=50), CFG)  # 1 % vs 2 %
+    assert ctr.action == "rollback"
+    assert any(r.startswith("FAIL CTR") for r in ctr.reasons)
+    acc = canary_verdict(arm(), arm(accepts=55, rejects=45), CFG)  # 55 % vs 80 %
+    assert acc.action == "rollback"
+    assert any(r.startswith("FAIL acceptance") for r in acc.reasons)
+
+
+def test_errors_roll_back_even_before_the_minimum_sample() -> None:
+    early = canary_verdict(arm(), arm(impressions=10, requests=20, errors=1), CFG)
+    assert early.action == "wait"  # 1 error may be bad luck: 1 ≤ 1 % of 200
+    many = canary_verdict(arm(), arm(impressions=10, requests=20, errors=3), CFG)
+    assert many.action == "rollback" and many.reasons[0].startswith("FAIL errors")
+    assert canary_verdict(arm(), arm(requests=1_000, errors=11), CFG).action == "rollback"  # 1.1 % > 1 %
+
+
+def test_slow_candidate_rolls_back() -> None:
+    slow = canary_verdict(arm(p99=40.0), arm(p99=70.0), CFG)
+    assert slow.action == "rollback" and any("FAIL latency" in r for r in slow.reasons)
+    assert canary_verdict(arm(p99=40.0), arm(p99=55.0), CFG).action == "promote"
+    too_few = canary_verdict(arm(p99=40.0), arm(p99=400.0, requests=50), CFG)
+    assert too_few.action == "promote" and any(r.startswith("SKIP latency") for r in too_few.reasons)
+
+
+def test_without_judgement_minimum_ctr_alone_decides() -> None:
+    cfg = TrainerSettings(canary_min_judgements=0)
+    v = canary_verdict(arm(accepts=0, rejects=0), arm(accepts=0, rejects=0), cfg)
+    assert v.action == "promote" and any(r.startswith("SKIP acceptance") for r in v.reasons)
+
+
+def test_one_sided_z_test() -> None:
+    assert one_sided_p_worse(100, 1000, 100, 1000) == pytest.approx(0.5)
+    assert one_sided_p_worse(100, 1000, 60, 1000) < 0.001  # candidate clearly worse
+    assert one_sided_p_worse(60, 1000, 100, 1000) > 0.999  # candidate clearly better
+    assert one_sided_p_worse(0, 100, 0, 100) == 0.5
+    with pytest.raises(ValueError):
+        one_sided_p_worse(1, 0, 1, 10)
