@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import NamedTuple, Protocol, TypeVar
 
-from shared.events import FeedbackEvent, FeedbackType, TagEvent
+from shared.events import FeedbackEvent, FeedbackType, TagEvent, TagSource
 
 PENDING_TAG = "__pending__"
 # Revenue is kept as an integer number of 1/10_000 currency units: sums stay exact.
@@ -101,7 +101,12 @@ class ArchiveRow(NamedTuple):
 
 @dataclass(frozen=True)
 class TagUpdate:
-    """The latest tags of a listing (``tag_ids`` empty and ``deleted`` for a tombstone)."""
+    """The latest tags of a listing (``tag_ids`` empty and ``deleted`` for a tombstone).
+
+    ``exploratory_tag_ids`` are those of ``tag_ids`` the tagger published as exploratory
+    (below-threshold candidates shown so feedback can confirm them): counted like any other
+    tag, and flagged in the label view so training sets can say how many they hold.
+    """
 
     listing_id: str
     tag_ids: TagIds
@@ -109,12 +114,16 @@ class TagUpdate:
     model_version: str | None
     partition: int
     offset: int
+    exploratory_tag_ids: TagIds = ()
 
     @classmethod
     def from_event(cls, ev: TagEvent, partition: int, offset: int) -> TagUpdate:
-        # Sorted and unique: the same tag set always yields the same rows.
+        # Sorted and unique: the same tag set always yields the same rows. A tag given twice, once
+        # as exploratory and once not, is not exploratory (it was published with confidence).
         tags = tuple(sorted({t.tag_id for t in ev.tags}))
-        return cls(ev.listing_id, tags, False, ev.model_version, partition, offset)
+        confident = {t.tag_id for t in ev.tags if t.source != TagSource.EXPLORATORY}
+        exploratory = tuple(sorted({t.tag_id for t in ev.tags} - confident))
+        return cls(ev.listing_id, tags, False, ev.model_version, partition, offset, exploratory)
 
     @classmethod
     def tombstone(cls, listing_id: str, partition: int, offset: int) -> TagUpdate:

@@ -60,11 +60,11 @@ _PARTITION_LOCK_KEY = 0x66656564626B  # "feedbk": serialises partition creation 
 
 _ARCHIVE_COLUMNS = (
     "event_id, user_id, listing_id, type, context_tag_id, quantity, price, revenue, ts, tag_ids,"
-    " src_partition, src_offset"
+    " src_partition, src_offset, position"
 )
 _ARCHIVE_TYPES = [
     "text", "text", "text", "text", "text", "int4", "float8", "numeric", "timestamptz", "text[]",
-    "int4", "int8",
+    "int4", "int8", "int4",
 ]  # fmt: skip
 
 _COUNT_TABLES = {
@@ -161,16 +161,18 @@ _STAGE_COPY = {
 _SET_TAGS_SQL = b"""
 WITH u AS (
     SELECT x.listing_id, ARRAY(SELECT jsonb_array_elements_text(x.tags)) AS tag_ids, x.deleted,
-           x.model_version, x.p, x.o
+           x.model_version, x.p, x.o,
+           CASE WHEN x.ex IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(x.ex)) END AS exploratory_tag_ids
     FROM jsonb_to_recordset(%s::jsonb)
-         AS x(listing_id text, tags jsonb, deleted boolean, model_version text, p integer, o bigint)
+         AS x(listing_id text, tags jsonb, deleted boolean, model_version text, p integer, o bigint, ex jsonb)
     ORDER BY x.listing_id
 )
 INSERT INTO feedback_listing_tags AS t
-    (listing_id, tag_ids, deleted, model_version, src_partition, src_offset)
-SELECT listing_id, tag_ids, deleted, model_version, p, o FROM u
+    (listing_id, tag_ids, deleted, model_version, src_partition, src_offset, exploratory_tag_ids)
+SELECT listing_id, tag_ids, deleted, model_version, p, o, exploratory_tag_ids FROM u
 ON CONFLICT (listing_id) DO UPDATE
     SET tag_ids = excluded.tag_ids, deleted = excluded.deleted, model_version = excluded.model_version,
+        exploratory_tag_ids = excluded.exploratory_tag_ids,
         src_partition = excluded.src_partition, src_offset = excluded.src_offset, updated_at = now()
     -- A redelivered older record must not overwrite newer tags.
     WHERE t.src_offset IS NULL OR t.src_partition IS DISTINCT FROM excluded.src_partition
@@ -265,6 +267,7 @@ class PostgresUnitOfWork:
                             list(r.tag_ids) if r.tag_ids is not None else None,
                             r.partition,
                             r.offset,
+                            ev.position,
                         )
                     )
             await cur.execute(_ARCHIVE_FROM_STAGE)
@@ -307,6 +310,8 @@ class PostgresUnitOfWork:
                     "model_version": u.model_version,
                     "p": u.partition,
                     "o": u.offset,
+                    # Exploratory tag ids, or null when there are none (most listings: no array stored).
+                    "ex": list(u.exploratory_tag_ids) if u.exploratory_tag_ids else None,
                 }
                 for u in updates
             ]

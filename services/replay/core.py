@@ -15,8 +15,8 @@ import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -45,6 +45,57 @@ class ReplayRange:
 
     def end_ms(self) -> int | None:
         return int(self.to_time.timestamp() * 1000) if self.to_time else None
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay copied: counts, bytes, the time span of the records, and how long it took."""
+
+    records: int = 0
+    tombstones: int = 0
+    bytes: int = 0
+    per_partition: dict[int, int] = field(default_factory=dict)
+    first_ts_ms: int | None = None
+    last_ts_ms: int | None = None
+    seconds: float = 0.0
+
+    def add(self, msg: Message) -> None:
+        value, ts = msg.value(), msg.timestamp()[1]
+        self.records += 1
+        self.tombstones += value is None
+        self.bytes += len(value or b"") + len(msg.key() or b"")
+        p = msg.partition() or 0
+        self.per_partition[p] = self.per_partition.get(p, 0) + 1
+        self.first_ts_ms = ts if self.first_ts_ms is None else min(self.first_ts_ms, ts)
+        self.last_ts_ms = ts if self.last_ts_ms is None else max(self.last_ts_ms, ts)
+
+    def as_dict(self) -> dict[str, object]:
+        def iso(ms: int | None) -> str | None:
+            return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms is not None else None
+
+        return {
+            "records": self.records, "tombstones": self.tombstones, "bytes": self.bytes,
+            "per_partition": {str(k): v for k, v in sorted(self.per_partition.items())},
+            "first_record": iso(self.first_ts_ms), "last_record": iso(self.last_ts_ms),
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(self.records / self.seconds, 1) if self.seconds > 0 else None,
+        }
+
+
+class RateLimit:
+    """At most ``per_s`` records a second on average (None: unlimited), by sleeping before a record is due."""
+
+    def __init__(self, per_s: float | None) -> None:
+        self.per_s = per_s
+        self.started = time.monotonic()
+        self.sent = 0
+
+    def wait(self) -> None:
+        if self.per_s:
+            due = self.started + self.sent / self.per_s
+            if (delay := due - time.monotonic()) > 0:
+                time.sleep(delay)
+        self.sent += 1
 
 
 def start_positions(consumer: Consumer, topic: str, rng: ReplayRange) -> list[TopicPartition]:
@@ -98,26 +149,49 @@ def to_json_line(msg: Message) -> bytes:
 
 
 def replay_to_topic(kafka: KafkaSettings, source: str, target: str, rng: ReplayRange,
-                    on_record: Callable[[Message], None] | None = None) -> int:
-    """Copy the range to ``target`` keeping key, value (tombstones too) and timestamp."""
+                    on_record: Callable[[Message], None] | None = None, rate_per_s: float | None = None,
+                    summary: ReplaySummary | None = None) -> int:
+    """Copy the range to ``target`` keeping key, value (tombstones too) and timestamp.
+
+    Never joins a consumer group (partitions are assigned), so live consumers of ``source``
+    are not rebalanced; ``rate_per_s`` keeps a backfill from starving live traffic.
+    """
+    if target == source:
+        raise ValueError("replaying a topic into itself would loop")
     producer = Producer(producer_config(kafka))
-    n = 0
+    summary = summary if summary is not None else ReplaySummary()
+    started, limit, failed = time.monotonic(), RateLimit(rate_per_s), []
     for msg in read_range(kafka, source, rng):
-        producer.produce(target, key=msg.key(), value=msg.value(), timestamp=msg.timestamp()[1])
+        limit.wait()
+        while True:
+            try:
+                producer.produce(target, key=msg.key(), value=msg.value(), timestamp=msg.timestamp()[1],
+                                 on_delivery=lambda err, _m: failed.append(err) if err else None)
+                break
+            except BufferError:
+                producer.poll(0.05)
         producer.poll(0)
-        n += 1
+        summary.add(msg)
         if on_record:
             on_record(msg)
-    if producer.flush(30):
-        raise RuntimeError("replay: not every record was delivered")
-    return n
+    if producer.flush(30) or failed:
+        raise RuntimeError(f"replay: not every record was delivered ({failed[:3]})")
+    summary.seconds = time.monotonic() - started
+    return summary.records
 
 
-def replay_to_file(kafka: KafkaSettings, source: str, path: Path, rng: ReplayRange) -> int:
+def replay_to_file(kafka: KafkaSettings, source: str, path: Path, rng: ReplayRange,
+                   on_record: Callable[[Message], None] | None = None, rate_per_s: float | None = None,
+                   summary: ReplaySummary | None = None) -> int:
     """Write the range as JSON lines (value base64-encoded, so any bytes survive)."""
-    n = 0
+    summary = summary if summary is not None else ReplaySummary()
+    started, limit = time.monotonic(), RateLimit(rate_per_s)
     with path.open("wb") as out:
         for msg in read_range(kafka, source, rng):
+            limit.wait()
             out.write(to_json_line(msg))
-            n += 1
-    return n
+            summary.add(msg)
+            if on_record:
+                on_record(msg)
+    summary.seconds = time.monotonic() - started
+    return summary.records

@@ -13,7 +13,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
     @tagger.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def run(ctx: typer.Context) -> None:
         """Run one tagger process (options: --group-id --batch-size --max-wait-ms --max-inflight
-        --transactional --http-port)."""
+        --transactional --http-port --listings-topic --model-version)."""
         from services.tagger.main import main as tagger_main
 
         tagger_main(list(ctx.args))

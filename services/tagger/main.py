@@ -13,9 +13,10 @@ import signal
 
 import psycopg
 
+from services.tagger.inference import TritonTagModelBackend
 from services.tagger.metrics import HealthServer, TaggerMetrics
 from services.tagger.pipeline import TaggerOptions, TaggerPipeline
-from services.tagger.rollout import RolloutPlan
+from services.tagger.rollout import Rollout, RolloutPlan
 from services.tagger.rollout_watch import RolloutWatcher, build_rollout, read_plan
 from shared.settings import Settings
 
@@ -30,13 +31,16 @@ async def serve(settings: Settings, options: TaggerOptions, http_port: int | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, stop.set)
-    plan = await initial_plan(settings)
-    rollout = await build_rollout(settings, plan)
+    if options.model_version is not None:  # pinned (a backfill): the registry does not move it
+        rollout = Rollout(await TritonTagModelBackend.create(settings, options.model_version))
+    else:
+        plan = await initial_plan(settings)
+        rollout = await build_rollout(settings, plan)
     log.info("model %s version %s (%s)", rollout.stamp.name, rollout.stamp.version, rollout.fingerprint)
     metrics = TaggerMetrics()
     pipeline = TaggerPipeline(settings, rollout, options, metrics)
-    watcher = RolloutWatcher(settings, pipeline, plan)
-    watch = asyncio.create_task(watcher.run(stop))
+    watch = (asyncio.create_task(RolloutWatcher(settings, pipeline, plan).run(stop))
+             if options.model_version is None else None)
     health = None
     if http_port is not None:
         health = HealthServer(metrics, pipeline.ready, "127.0.0.1", http_port)
@@ -46,7 +50,8 @@ async def serve(settings: Settings, options: TaggerOptions, http_port: int | Non
         await pipeline.run(stop)
     finally:
         stop.set()
-        await watch
+        if watch is not None:
+            await watch
         if health:
             health.stop()
 
@@ -70,13 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-inflight", type=int, default=4)
     parser.add_argument("--transactional", action="store_true")
     parser.add_argument("--http-port", type=int, default=None)
+    # A backfill: another group reads a replay topic with a pinned version, beside the live taggers.
+    parser.add_argument("--listings-topic", default=None, help="read this topic instead of the listings topic")
+    parser.add_argument("--model-version", type=int, default=None, help="tag with this version, ignore the registry")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = TaggerOptions(
         group_id=args.group_id, batch_size=args.batch_size, max_wait_s=args.max_wait_ms / 1000,
-        max_inflight=args.max_inflight, transactional=args.transactional,
+        max_inflight=args.max_inflight, transactional=args.transactional, model_version=args.model_version,
     )
-    asyncio.run(serve(Settings(), options, args.http_port))
+    settings = Settings()
+    if args.listings_topic:
+        settings = settings.model_copy(update={"topics": settings.topics.model_copy(
+            update={"listings": args.listings_topic})})
+    asyncio.run(serve(settings, options, args.http_port))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class TaggerOptions(BaseModel):
     transactional: bool = False
     transactional_id: str | None = None
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS  # of a listing's text sent to the model
+    model_version: int | None = None  # pin the tag model's version (a backfill); None: follow the registry
 
 
 # Broker answers that say "this record can never be written": the record's fault, not the process's.

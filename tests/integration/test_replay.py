@@ -53,3 +53,25 @@ def test_replay_by_offset_to_file(settings: Settings, tmp_path: Path) -> None:
     assert all(r["offset"] >= 2 for r in rows)
     values = {r["key"]: (base64.b64decode(r["value_b64"]) if r["value_b64"] else None) for r in rows}
     assert values == {k.decode(): v for i, (k, v, _) in enumerate(sent) if i // 4 >= 2}
+
+
+def test_replay_is_rate_limited_summarised_and_joins_no_group(settings: Settings) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from services.replay.core import ReplaySummary
+    from shared.kafka import client_config
+
+    sent = fill(settings, int(time.time() * 1000) - 30_000)
+    admin = AdminClient(client_config(settings.kafka))
+    groups_before = {g.group_id for g in admin.list_consumer_groups().result().valid}
+    summary = ReplaySummary()
+    n = replay_to_topic(settings.kafka, settings.topics.listings, settings.topics.feedback,
+                        ReplayRange(from_offset=0, idle_s=2), rate_per_s=8.0, summary=summary)
+    assert n == summary.records == 20 and summary.tombstones == 1
+    assert summary.per_partition == {0: 5, 1: 5, 2: 5, 3: 5}
+    assert summary.seconds >= 19 / 8.0  # 20 records at 8/s: the last is due after 2.4 s
+    assert summary.first_ts_ms == sent[0][2] and summary.last_ts_ms == sent[-1][2]
+    groups_after = {g.group_id for g in admin.list_consumer_groups().result().valid}
+    assert not {g for g in groups_after - groups_before if g.startswith("tagloop-replay")}
+    with pytest.raises(ValueError):
+        replay_to_topic(settings.kafka, settings.topics.listings, settings.topics.listings, ReplayRange())
