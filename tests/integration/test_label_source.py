@@ -194,3 +194,27 @@ def test_tag_update_keeps_exploratory_tags() -> None:
     update = TagUpdate.from_event(ev, 0, 9)
     assert (update.tag_ids, update.exploratory_tag_ids) == (("a", "b", "c"), ("c",))
     assert TagUpdate.from_event(_tag_event("l1", ["a"]), 0, 9).exploratory_tag_ids == ()
+
+
+def test_a_shopper_event_under_a_context_tag_speaks_of_that_tag_alone(migrated: str) -> None:
+    ns = uuid.uuid4().hex[:8]
+    day = datetime(2024, 3, 2, tzinfo=UTC)
+    feed = Feed(ns)
+    feed.add("L", "impression", 4, ts=day, tag_id="t1", position=1)
+    feed.add("L", "click", 2, ts=day, tag_id="t1", position=1)
+    feed.add("L", "impression", 3, ts=day)  # no context: every tag of the listing
+
+    async def go() -> None:
+        pool = async_pool(migrated, max_size=2)
+        await pool.open()
+        try:
+            store = PostgresFeedbackStore(pool, f"g-{ns}")
+            await store.record_tags([TagUpdate.from_event(_tag_event(f"{ns}-L", ["t1", "t2"]), 0, 0)], "tags")
+            await store.record_feedback([Consumed(e, "feedback", 0, i) for i, e in enumerate(feed.events)])
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+    window = read_feedback(migrated, TrainerSettings(), day, day + timedelta(days=1))
+    got = {(r.tag_id, r.impressions, r.clicks) for r in window.rows if r.listing_id == f"{ns}-L"}
+    assert got == {("t1", 7, 2), ("t2", 3, 0)}
