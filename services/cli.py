@@ -15,6 +15,8 @@ from services.simulator import cli as simulator_cli
 from services.tagger import bench_cli as tagger_bench_cli
 from services.tagger import cli as tagger_cli
 from services.trainer import cli as trainer_cli
+from services.trainer import model_cli as trainer_model_cli
+from services.trainer import service_cli as trainer_service_cli
 from shared.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="tagloop: streaming product tagging with a feedback loop.")
@@ -30,7 +32,18 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
 # db_cli first: it owns `tagloop db` (the feedback CLI registers it only when nobody has).
-SERVICE_CLIS = (db_cli, trainer_cli, feedback_cli, learner_cli, tagger_cli, tagger_bench_cli, simulator_cli, replay_cli)
+SERVICE_CLIS = (
+    db_cli,
+    trainer_cli,
+    trainer_model_cli,
+    trainer_service_cli,
+    feedback_cli,
+    learner_cli,
+    tagger_cli,
+    tagger_bench_cli,
+    simulator_cli,
+    replay_cli,
+)
 for service_cli in SERVICE_CLIS:
     service_cli.register(app, eval_app=eval_app, bench_app=bench_app)
 

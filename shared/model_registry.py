@@ -138,17 +138,21 @@ class ModelRegistry:
         return _version(row) if row else None
 
     @staticmethod
+    def _history(conn: Conn, name: str, version: int, old: ModelStatus | None, new: ModelStatus, reason: str) -> None:
+        conn.execute(
+            "INSERT INTO model_version_history (model_name, version, from_status, to_status, reason)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (name, version, old.value if old is not None else None, new.value, reason),
+        )
+
+    @staticmethod
     def _move(conn: Conn, current: ModelVersion, status: ModelStatus, reason: str) -> None:
         check_transition(current.status, status)
         conn.execute(
             "UPDATE model_versions SET status = %s, updated_at = now() WHERE model_name = %s AND version = %s",
             (status.value, current.model_name, current.version),
         )
-        conn.execute(
-            "INSERT INTO model_version_history (model_name, version, from_status, to_status, reason)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (current.model_name, current.version, current.status.value, status.value, reason),
-        )
+        ModelRegistry._history(conn, current.model_name, current.version, current.status, status, reason)
 
     def _displace_champion(
         self, conn: Conn, model_name: str, version: int, displaced: ModelStatus, reason: str
@@ -198,11 +202,7 @@ class ModelRegistry:
                 (model_name, version, status.value, training_job_id, dataset_fingerprint,
                  Jsonb(_finite(dict(metrics or {})))),
             )  # fmt: skip
-            conn.execute(
-                "INSERT INTO model_version_history (model_name, version, from_status, to_status, reason)"
-                " VALUES (%s, %s, NULL, %s, %s)",
-                (model_name, version, status.value, reason),
-            )
+            self._history(conn, model_name, version, None, status, reason)
             created = self._row(conn, model_name, version)
         assert created is not None
         return created
@@ -215,8 +215,13 @@ class ModelRegistry:
         reason: str = "",
         *,
         displaced: ModelStatus = ModelStatus.RETIRED,
+        metrics_update: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Move a version to ``status``; a new champion moves the current one to ``displaced``.
+
+        ``metrics_update`` is merged into the version's ``metrics`` in the same transaction (e.g.
+        ``{"canary_share": 0.1}``, which taggers read); merging into a version already in
+        ``status`` records a history row with the same status and ``reason``.
 
         Raises
         ------
@@ -231,15 +236,76 @@ class ModelRegistry:
             current = self._row(conn, model_name, version, lock=True)
             if current is None:
                 raise RegistryError(f"{model_name} version {version} is not registered")
-            if current.status == status:
+            if current.status == status and not metrics_update:
                 return current
-            check_transition(current.status, status)
-            if status == ModelStatus.CHAMPION:
-                self._displace_champion(conn, model_name, version, ModelStatus(displaced), reason)
-            self._move(conn, current, status, reason)
+            if current.status != status:
+                check_transition(current.status, status)
+                if status == ModelStatus.CHAMPION:
+                    self._displace_champion(conn, model_name, version, ModelStatus(displaced), reason)
+                self._move(conn, current, status, reason)
+            if metrics_update:
+                self._merge_metrics(conn, current, metrics_update, reason if current.status == status else None)
             moved = self._row(conn, model_name, version)
         assert moved is not None
         return moved
+
+    @staticmethod
+    def _merge_metrics(conn: Conn, current: ModelVersion, update: Mapping[str, Any], history: str | None) -> None:
+        conn.execute(
+            "UPDATE model_versions SET metrics = metrics || %s, updated_at = now()"
+            " WHERE model_name = %s AND version = %s",
+            (Jsonb(_finite(dict(update))), current.model_name, current.version),
+        )
+        if history is not None:  # no status change: the history still says who changed what
+            ModelRegistry._history(conn, current.model_name, current.version, current.status, current.status, history)
+
+    @staticmethod
+    def _previous_champion(conn: Conn, model_name: str) -> ModelVersion | None:
+        row = conn.execute(
+            f"SELECT {', '.join('v.' + c.strip() for c in _COLUMNS.split(','))} FROM model_version_history h"
+            " JOIN model_versions v ON v.model_name = h.model_name AND v.version = h.version"
+            " WHERE h.model_name = %s AND h.from_status = 'champion' AND h.to_status = 'retired'"
+            " AND v.status = 'retired' ORDER BY h.id DESC LIMIT 1",
+            (model_name,),
+        ).fetchone()
+        return _version(row) if row else None
+
+    def previous_champion(self, model_name: str) -> ModelVersion | None:
+        """The rollback target: the version most recently displaced as champion that is still ``retired``."""
+        with self._connect() as conn:
+            return self._previous_champion(conn, model_name)
+
+    def rollback(self, model_name: str, reason: str = "rollback") -> tuple[ModelVersion, ModelVersion]:
+        """Champion -> ``rolled-back``, the previous champion (:meth:`previous_champion`) -> champion, atomically.
+
+        Returns
+        -------
+        (ModelVersion, ModelVersion)
+            The rolled-back version and the restored champion.
+
+        Raises
+        ------
+        RegistryError
+            If the model has no champion, or no previous champion to restore.
+        """
+        with self._connect() as conn, conn.transaction():
+            self._lock(conn, model_name)
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s AND status = 'champion' FOR UPDATE",
+                (model_name,),
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"{model_name} has no champion to roll back")
+            champion = _version(row)
+            target = self._previous_champion(conn, model_name)
+            if target is None:
+                raise RegistryError(f"{model_name} has no previous champion to restore")
+            self._move(conn, champion, ModelStatus.ROLLED_BACK, reason)
+            self._move(conn, target, ModelStatus.CHAMPION, f"restored: {reason}")
+            rolled = self._row(conn, model_name, champion.version)
+            restored = self._row(conn, model_name, target.version)
+        assert rolled is not None and restored is not None
+        return rolled, restored
 
     def get(self, model_name: str, version: int) -> ModelVersion | None:
         with self._connect() as conn:
@@ -307,9 +373,6 @@ class ModelRegistry:
                 " VALUES (%s, %s, 'champion', %s, %s)",
                 (model_name, newest, card.data_fingerprint, Jsonb(_finite(dict(card.metrics)))),
             )
-            conn.execute(
-                "INSERT INTO model_version_history (model_name, version, from_status, to_status, reason)"
-                " VALUES (%s, %s, NULL, 'champion', %s)",
-                (model_name, newest, "seeded: the newest version in the repository when the registry was empty"),
-            )
+            reason = "seeded: the newest version in the repository when the registry was empty"
+            self._history(conn, model_name, newest, None, ModelStatus.CHAMPION, reason)
             return self._row(conn, model_name, newest)

@@ -124,6 +124,10 @@ class TrainerSettings(BaseModel):
     A trigger only starts an evaluation job; a model reaches shoppers only through the gate and a canary.
     """
 
+    # How often `tagloop trainer run` judges a canary or evaluates the triggers: fast enough that a
+    # bad canary is rolled back within a minute, slow enough that the label query is no load.
+    tick_interval_s: float = Field(30.0, gt=0)
+
     # Seed of every random choice of the trainer (replay sample, MMD subsample and permutations):
     # the same inputs give the same training set and the same drift verdict on every machine.
     seed: int = 0
@@ -154,8 +158,10 @@ class TrainerSettings(BaseModel):
     click_weight: float = Field(1.0, ge=0)
     cart_weight: float = Field(3.0, ge=0)  # a cart costs the shopper more intent than a click
     purchase_weight: float = Field(5.0, ge=0)  # a purchase is the strongest shopper signal
-    strong_label_weight: float = Field(5.0, gt=0)  # a merchant knows the product: worth several shopper signals
-    weak_label_max_weight: float = Field(2.0, gt=0)  # a weak label never outweighs a merchant's judgement
+    # A merchant's judgement is ground truth like a catalog label (weight 1 in the head's fit); more
+    # let a few hundred judged listings, all about tags the model already shows, outweigh the catalog.
+    strong_label_weight: float = Field(1.0, gt=0)
+    weak_label_max_weight: float = Field(0.5, gt=0)  # shopper behaviour is weaker evidence than either
     # p(examine | position) = 1 / position**eta (position 1 = top); eta = 1 is the usual first guess
     # until a randomisation experiment measures it.
     propensity_eta: float = Field(1.0, ge=0)
@@ -186,6 +192,7 @@ class TrainerSettings(BaseModel):
     # tags the model is unsure of (recall); small, because every one is a likely-wrong tag shown.
     exploration_share: float = Field(0.02, ge=0, le=1)
     exploration_max_tags_per_listing: int = Field(1, ge=0)  # a listing never shows more than one guess
+    exploration_min_score: float = Field(0.1, ge=0, le=1)  # candidates scored below this are noise, not guesses
 
     @model_validator(mode="after")
     def _mmd_threshold_reachable(self) -> TrainerSettings:

@@ -71,6 +71,28 @@ def parse_version_stats(entry: dict[str, Any]) -> VersionStats:
     )  # fmt: skip
 
 
+def config_json(pbtxt: str) -> str:
+    """A ``config.pbtxt`` (protobuf text) as the JSON that :meth:`TritonAdmin.load` overrides with.
+
+    Triton's load API takes a configuration override only as JSON; tagloop renders its configs as
+    protobuf text (:func:`shared.model_repository.render_tag_model_config`). Parsing against
+    Triton's own ``ModelConfig`` message also rejects a misspelt field here, not in the server.
+
+    Raises
+    ------
+    ValueError
+        If ``pbtxt`` is not a valid model configuration.
+    """
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        message = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"not a Triton model configuration: {exc}") from exc
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None)
+
+
 class TritonAdmin:
     """Model control and statistics of one Triton server.
 

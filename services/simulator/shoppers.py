@@ -71,7 +71,9 @@ class ShopperSimulator:
                         if self.rng.random() < c.purchase_after_cart:
                             out.append(self._event(user, event.listing_id, FeedbackType.PURCHASE, tag.tag_id, ts))
         if shown and self.rng.random() < c.merchant_rate:
-            tag = self.rng.choice(shown)
+            # The merchant console asks about the model's guesses first (that is what they are for).
+            guesses = [t for t in shown if t.source == TagSource.EXPLORATORY]
+            tag = self.rng.choice(guesses or shown)
             fits = (tag.tag_id in right) != (self.rng.random() < c.merchant_noise)
             kind = FeedbackType.TAG_ACCEPT if fits else FeedbackType.TAG_REJECT
             out.append(self._event(f"merchant-{event.listing_id}", event.listing_id, kind, tag.tag_id, ts))

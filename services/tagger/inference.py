@@ -27,9 +27,10 @@ from services.tagger.zero_shot import ZeroShotTagger, label_text
 from shared.events import Tag, TagKind
 from shared.model_registry import ModelRegistry
 from shared.model_repository import latest_version, versions
-from shared.settings import Settings
+from shared.settings import Settings, TrainerSettings
 from shared.tagmodel.card import ModelCard, VocabEntry, load_model_card
-from shared.tagmodel.decide import ZeroShotTags, tags_from_probs
+from shared.tagmodel.decide import ZeroShotTags, exploratory_tags, tags_from_probs
+from shared.tagmodel.fingerprint import encoder_fingerprint
 from shared.tagmodel.tag_ids import category_tag_id
 from shared.taxonomy import load_taxonomy
 from shared.triton_client import AsyncTritonTextClient
@@ -51,7 +52,7 @@ class ModelStamp:
 class TagBackend(Protocol):
     stamp: ModelStamp
 
-    async def tag(self, texts: Sequence[str]) -> list[list[Tag]]: ...
+    async def tag(self, texts: Sequence[str], listing_ids: Sequence[str] | None = None) -> list[list[Tag]]: ...
 
     async def ready(self) -> bool: ...
 
@@ -110,7 +111,7 @@ class TritonZeroShotBackend:
         tagger = await zero_shot_tagger(settings, client.infer, f"{stamp.name}:{stamp.version}")
         return cls(client, tagger, stamp)
 
-    async def tag(self, texts: Sequence[str]) -> list[list[Tag]]:
+    async def tag(self, texts: Sequence[str], listing_ids: Sequence[str] | None = None) -> list[list[Tag]]:
         out = await self.client.infer(list(texts))
         return self.tagger.tag(out["EMBEDDING"])
 
@@ -125,9 +126,11 @@ class TritonTagModelBackend:
     """The trained tag model on Triton, one pinned version, with its model card."""
 
     def __init__(
-        self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None
+        self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None,
+        exploration: TrainerSettings | None = None,
     ) -> None:
         self.client = client
+        self.exploration = exploration or TrainerSettings(exploration_share=0.0)
         self.card = load_model_card(version_dir)
         # tags_from_probs takes ZeroShotTags (calibrated by the card), not the zero-shot tagger.
         self.zero_shot = zero_shot_tags(zero_shot, self.card) if zero_shot is not None else None
@@ -139,12 +142,24 @@ class TritonTagModelBackend:
         client = AsyncTritonTextClient(settings.triton.grpc_url, name, settings.triton.timeout_s,
                                        model_version=str(version))
         version_dir = settings.triton_model_repository / name / str(version)
-        zero_shot = await zero_shot_tagger(settings, client.infer, f"{name}:{version}")
-        return cls(client, version_dir, zero_shot)
+        # Keyed by the encoder, not the version: fast-job versions share the champion's encoder,
+        # and embedding the taxonomy's labels again would take a minute of CPU per version.
+        encoder = await asyncio.to_thread(encoder_fingerprint, version_dir)
+        zero_shot = await zero_shot_tagger(settings, client.infer, f"{name}:encoder:{encoder}")
+        return cls(client, version_dir, zero_shot, settings.trainer)
 
-    async def tag(self, texts: Sequence[str]) -> list[list[Tag]]:
+    async def tag(self, texts: Sequence[str], listing_ids: Sequence[str] | None = None) -> list[list[Tag]]:
         out = await self.client.infer(list(texts))
-        return tags_from_probs(out["PROBS"], self.card, embeddings=out["EMBEDDING"], zero_shot=self.zero_shot)
+        tags = tags_from_probs(out["PROBS"], self.card, embeddings=out["EMBEDDING"], zero_shot=self.zero_shot)
+        x = self.exploration
+        if listing_ids is None or x.exploration_share <= 0:
+            return tags
+        salt = f"explore-{self.stamp.version}"
+        for i, lid in enumerate(listing_ids):
+            tags[i] += exploratory_tags(out["PROBS"][i], self.card, lid, {t.tag_id for t in tags[i]},
+                                        x.exploration_share, x.exploration_max_tags_per_listing,
+                                        x.exploration_min_score, salt)
+        return tags
 
     async def ready(self) -> bool:
         return await self.client.ready()

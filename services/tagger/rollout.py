@@ -108,10 +108,10 @@ class Rollout:
     async def tag(self, texts: Sequence[str], listing_ids: Sequence[str]) -> tuple[list[Routed], list[ShadowResult]]:
         """Tags of every text, each stamped with its version; plus the shadow's tags in shadow mode."""
         if self.candidate is None or self.mode == "none":
-            return [Routed(t, self.champion.stamp) for t in await self._timed(self.champion, texts)], []
+            return [Routed(t, self.champion.stamp) for t in await self._timed(self.champion, texts, listing_ids)], []
         if self.mode == "shadow":
             main, shadow = await asyncio.gather(
-                self._timed(self.champion, texts), self._guarded(self.candidate, texts), return_exceptions=False
+                self._timed(self.champion, texts, listing_ids), self._guarded(self.candidate, texts, listing_ids),
             )
             routed = [Routed(t, self.champion.stamp) for t in main]
             side = [] if shadow is None else [ShadowResult(i, t, self.candidate.stamp) for i, t in enumerate(shadow)]
@@ -120,15 +120,17 @@ class Rollout:
         picked = set(to_candidate)
         rest = [i for i in range(len(texts)) if i not in picked]
         cand_out, champ_out = await asyncio.gather(
-            self._guarded(self.candidate, [texts[i] for i in to_candidate]) if to_candidate else _none(),
-            self._timed(self.champion, [texts[i] for i in rest]),
+            self._guarded(self.candidate, [texts[i] for i in to_candidate], [listing_ids[i] for i in to_candidate])
+            if to_candidate else _none(),
+            self._timed(self.champion, [texts[i] for i in rest], [listing_ids[i] for i in rest]),
         )
         out: list[Routed | None] = [None] * len(texts)
         for i, tags in zip(rest, champ_out, strict=True):
             out[i] = Routed(tags, self.champion.stamp)
         if to_candidate:
             if cand_out is None:  # the candidate failed: its listings are tagged by the champion
-                fallback = await self._timed(self.champion, [texts[i] for i in to_candidate])
+                fallback = await self._timed(self.champion, [texts[i] for i in to_candidate],
+                                             [listing_ids[i] for i in to_candidate])
                 for i, tags in zip(to_candidate, fallback, strict=True):
                     out[i] = Routed(tags, self.champion.stamp)
             else:
@@ -136,21 +138,23 @@ class Rollout:
                     out[i] = Routed(tags, self.candidate.stamp)
         return [r for r in out if r is not None], []
 
-    async def _timed(self, backend: TagBackend, texts: Sequence[str]) -> list[list[Tag]]:
+    async def _timed(self, backend: TagBackend, texts: Sequence[str], listing_ids: Sequence[str]) -> list[list[Tag]]:
         started = time.perf_counter()
         arm = self.arms.setdefault(backend.stamp.version, ArmCounters())
         try:
-            result = await backend.tag(texts)
+            result = await backend.tag(texts, listing_ids)
         except Exception:
             arm.observe(time.perf_counter() - started, failed=True)
             raise
         arm.observe(time.perf_counter() - started)
         return result
 
-    async def _guarded(self, backend: TagBackend, texts: Sequence[str]) -> list[list[Tag]] | None:
+    async def _guarded(
+        self, backend: TagBackend, texts: Sequence[str], listing_ids: Sequence[str]
+    ) -> list[list[Tag]] | None:
         """The candidate's tags, or None when it failed (never the listing's failure)."""
         try:
-            return await self._timed(backend, texts)
+            return await self._timed(backend, texts, listing_ids)
         except Exception as exc:
             log.warning("candidate %s failed (%s); its listings go to the champion", backend.stamp.version, exc)
             return None

@@ -47,9 +47,14 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         export: Annotated[bool, typer.Option(help="Evaluate and export a Triton version at the end.")] = True,
         repository: Annotated[Path | None, typer.Option(help="Triton model repository.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+        quick: Annotated[
+            bool,
+            typer.Option(help="No fine-tuning: fit the head and thresholds over the pretrained MiniLM (minutes)."),
+        ] = False,
     ) -> None:
         """Fine-tune MiniLM with a multi-label head, tune thresholds, evaluate, export."""
         from services.trainer.export import export as export_run
+        from services.trainer.fast_job import quick_train
         from services.trainer.report import evaluate_run
         from services.trainer.train import TrainConfig, train
         from shared.settings import Settings
@@ -69,6 +74,11 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
             min_count=min_count,
             max_depth=max_depth,
         )
+        if quick:  # embeddings cached by (encoder, text): a second run embeds only new listings
+            repo = (repository or settings.triton_model_repository) if export else None
+            cache = settings.state_dir / "embeddings"
+            _print(quick_train(config, repo, settings.triton.tag_model, cache_dir=cache), json_out)
+            return
         run_dir = train(config, resume=resume)
         result = evaluate_run(run_dir)
         if export:
@@ -121,6 +131,18 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         from shared.settings import Settings
 
         _print(bench_train_epoch(Settings().data_dir, limit, batch_size, max_length), json_out)
+
+    @bench_app.command("fast-job")
+    def bench_fast_job_cmd(
+        limit: Annotated[int | None, typer.Option(help="First N listings (default: all 20k).")] = None,
+        flips: Annotated[int, typer.Option(help="Weighted feedback labels that contradict the catalog.")] = 500,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Wall time and peak RSS of `train --quick` and of fast jobs (cold and warm embedding cache)."""
+        from bench.fast_job import bench_fast_job
+        from shared.settings import Settings
+
+        _print(bench_fast_job(Settings().data_dir, limit, flips), json_out)
 
     @bench_app.command("tag-runtime")
     def bench_runtime_cmd(

@@ -36,10 +36,14 @@ def fit_head(
     c: float = 1.0,
     embedding_weight: float = 1.0,
     seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> TagHead:
     """One ``LinearSVC`` per tag on ``[tfidf, embedding_weight * embedding]``; masked rows left out.
 
-    A tag with one class only among its rows gets a constant margin of +-1.
+    ``weights`` (``[n, n_tags]``, optional) weighs each (row, tag) example in its tag's SVM
+    (``sample_weight``: a merchant's judgement counts more than a shopper's click); rows of
+    weight 0 are left out like masked ones. A tag with one class only among its rows gets a
+    constant margin of +-1.
     """
     import scipy.sparse as sp
     from sklearn.svm import LinearSVC
@@ -50,16 +54,19 @@ def fit_head(
     emb = np.asarray(embeddings, dtype=np.float64)
     x = sp.hstack([lexical_x, sp.csr_matrix(embedding_weight * emb)]).tocsr()
     n_feat, n_tags = lexicon.size, y.shape[1]
-    weights = np.zeros((x.shape[1], n_tags), dtype=np.float32)
+    coef = np.zeros((x.shape[1], n_tags), dtype=np.float32)
     bias = np.zeros(n_tags, dtype=np.float32)
+    usable = (mask > 0) if weights is None else (mask > 0) & (weights > 0)
     for j in range(n_tags):
-        rows = mask[:, j] > 0
+        rows = usable[:, j]
         target = y[rows, j]
         if target.size == 0 or target.min() == target.max():
             bias[j] = 1.0 if target.size and target[0] > 0 else -1.0
             continue
-        clf = LinearSVC(C=c, random_state=seed).fit(x[rows], target)
-        weights[:, j] = clf.coef_[0]
+        x_j = x if rows.all() else x[rows]  # most tags use every row: no copy of the matrix
+        sample_weight = None if weights is None else np.asarray(weights[rows, j], dtype=np.float64)
+        clf = LinearSVC(C=c, random_state=seed).fit(x_j, target, sample_weight=sample_weight)
+        coef[:, j] = clf.coef_[0]
         bias[j] = clf.intercept_[0]
-    semantic = weights[n_feat:] * np.float32(embedding_weight)
-    return TagHead(lexicon, np.ascontiguousarray(weights[:n_feat]), np.ascontiguousarray(semantic), bias)
+    semantic = coef[n_feat:] * np.float32(embedding_weight)
+    return TagHead(lexicon, np.ascontiguousarray(coef[:n_feat]), np.ascontiguousarray(semantic), bias)

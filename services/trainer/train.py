@@ -80,6 +80,10 @@ class TrainConfig(BaseModel):
     # validation micro+macro F1 (bench/results/tag_model.md).
     head_c: float = 1.0
     head_embedding_weight: float = 4.0
+    # The same over the *pretrained* embeddings (`tagloop train --quick`, a fast job on such a
+    # version): they separate tags less, so the lexical block must weigh more. 2 was chosen over
+    # 1 and 4 by micro+macro F1 (bench/results/fast_job.md).
+    pretrained_head_embedding_weight: float = 2.0
 
 
 @dataclass

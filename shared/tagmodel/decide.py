@@ -176,3 +176,27 @@ def tags_from_probs(
         tags.sort(key=lambda t: (t.kind.value, -t.score, t.tag_id))
         out.append(tags)
     return out
+
+
+def exploratory_tags(
+    probs_row: np.ndarray, card: ModelCard, listing_id: str, shown: set[str], share: float, max_n: int,
+    min_score: float, salt: str,
+) -> list[Tag]:
+    """Below-threshold candidate tags of one listing to publish as exploratory (``source="exploratory"``).
+
+    Feedback only speaks of tags that were shown: publishing a few uncertain candidates lets
+    merchants and shoppers confirm tags the model would have missed (recall). Candidates score
+    at least ``min_score`` and under their threshold; :func:`shared.canary.exploratory_pick`
+    chooses among them deterministically by listing.
+    """
+    from shared.canary import exploratory_pick
+
+    thresholds = np.asarray(card.thresholds, dtype=np.float64)
+    entries = card.vocabulary
+    by_id = {e.tag_id: j for j, e in enumerate(entries)}
+    candidates = [
+        e.tag_id for j, e in enumerate(entries)
+        if min_score <= probs_row[j] < thresholds[j] and e.tag_id not in shown
+    ]
+    picked = exploratory_pick(listing_id, candidates, share, max_n, salt)
+    return [_tag(entries[by_id[t]], float(probs_row[by_id[t]]), TagSource.EXPLORATORY) for t in picked]

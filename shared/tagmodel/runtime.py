@@ -85,6 +85,19 @@ class TagModelRuntime:
             embs[idx] = e
         return {"PROBS": probs, "EMBEDDING": embs}
 
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """``float32 [n, dim]``: the version's encoder alone (no head), in the order of ``texts``.
+
+        What a head refit on this encoder needs (the trainer's fast job); equal to ``EMBEDDING``.
+        """
+        items = list(texts)
+        embs = np.zeros((len(items), self.card.embedding_dim), dtype=np.float32)
+        order = sorted(range(len(items)), key=lambda i: (len(items[i]), i))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            embs[idx] = self._embed([items[i] for i in idx])
+        return embs
+
     def _run(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         emb = self._embed(texts)
         logits = self.head.logits(texts, emb)

@@ -165,7 +165,9 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
     assert by_key[f"{ns}-B", "t1"].examined_impressions is None
     assert (window.first_ts, window.last_ts) == (T10, T10 + timedelta(hours=1))
 
-    built = build_training_labels(Settings(database_url=url), SINCE, UNTIL)
+    # Weights with room to see them scale (the defaults weigh strong labels 1, weak at most 0.5).
+    trainer = TrainerSettings(strong_label_weight=5.0, weak_label_max_weight=2.0)
+    built = build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL)
     S, W = LabelKind.STRONG, LabelKind.WEAK
     expected = [
         Label(f"{ns}-A", "t1", 0, 5.0, S),  # accept then reject: the latest wins
@@ -183,8 +185,8 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
 
     # Rebuilding the window later gives the same set; a replay sample of the original labels joins it.
     original = [Label(f"{ns}-old{i}", "t1", 1, 1.0, W) for i in range(4)]
-    again = build_training_labels(Settings(database_url=url), SINCE, UNTIL, original=original)
-    assert build_training_labels(Settings(database_url=url), SINCE, UNTIL).fingerprint == built.fingerprint
+    again = build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL, original=original)
+    assert build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL).fingerprint == built.fingerprint
     assert (again.composition.replayed, again.composition.total) == (1, 6)  # 20 % of 6, rounded
     assert again.fingerprint != built.fingerprint
 

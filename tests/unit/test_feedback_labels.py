@@ -24,7 +24,7 @@ from services.trainer.feedback_labels import (
 )
 from shared.settings import TrainerSettings
 
-CFG = TrainerSettings()
+CFG = TrainerSettings(strong_label_weight=5.0, weak_label_max_weight=2.0)  # room to see weights scale
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, tzinfo=UTC)
 

@@ -1,0 +1,342 @@
+"""``tagloop eval loop --json``: the whole loop, measured on the real services.
+
+A weak model (the served head over the pretrained MiniLM, trained on ``weak_share`` of the
+catalog's labels) becomes champion; then, cycle after cycle, the rest of the catalog streams
+through the real tagger (Triton), a shopper and merchant simulator driven by the held-back true
+labels reacts to the published tags, the real feedback service counts it into Postgres, and the
+real trainer service's volume trigger starts a job: labels → fast job → gate → canary → promotion.
+After each promotion the champion is scored on a fixed golden holdout (never trained on).
+
+In the same run a candidate trained on shuffled labels goes through the gate (it must be
+rejected), and a second one is forced into a canary by an operator (as ``tagloop model canary``
+would): the canary judgement must roll it back by itself. Every listing produced must end with
+its tag event: ``failed_requests_during_swaps`` counts those that did not and dead letters.
+
+JSON keys: ``f1_by_cycle`` (micro-F1, cycle 0 first), ``macro_f1_by_cycle``, ``promoted``,
+``rejected_bad_candidate``, ``rollbacks``, ``cycle_seconds``, ``failed_requests_during_swaps``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from services.feedback.loadgen import OffsetRecorder, caught_up, stored_offsets, worker_env
+from services.simulator.listings import listing_from_record, produce_listings
+from services.simulator.shoppers import ShopperConfig, ShopperSimulator
+from services.trainer.embeddings import EmbeddingCache
+from services.trainer.fast_job import run_fast_job
+from services.trainer.job_input import FastJobInput, JobRecord, records_from_catalog
+from services.trainer.labels import build_vocabulary, map_to_taxonomy, record_tag_ids
+from services.trainer.model_ops import ModelOps
+from services.trainer.scoring import golden_metrics, is_recent_holdout
+from services.trainer.service import TickResult, TrainerData, TrainerService
+from services.trainer.split import group_split
+from services.trainer.train import TrainConfig
+from shared.canary import unit_hash
+from shared.catalog.readers import load_records
+from shared.catalog.records import Record
+from shared.devstack import stack
+from shared.devstack.process import ManagedProcess, free_port
+from shared.events import DeadLetter, TagEvent, decode, encode
+from shared.kafka import consumer_config, create_all_topics
+from shared.model_registry import ModelRegistry
+from shared.model_repository import version_dir, write_model_config
+from shared.settings import Settings
+from shared.taxonomy import load_taxonomy
+from shared.triton_admin import TritonAdmin
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    data: Path
+    format: str = "flipkart"
+    cycles: int = 3
+    listings_per_cycle: int = 600  # streamed before each job (its feedback makes the labels)
+    canary_listings: int = 400  # streamed while a canary runs, per judgement round
+    max_canary_rounds: int = 4
+    weak_share: float = 0.1
+    limit: int | None = None
+    seed: int = 0
+    max_depth: int = 3
+
+
+@dataclass
+class LoopResult:
+    f1_by_cycle: list[float] = field(default_factory=list)
+    macro_f1_by_cycle: list[float] = field(default_factory=list)
+    promoted: list[int] = field(default_factory=list)
+    rejected_bad_candidate: bool = False
+    rollbacks: int = 0
+    cycle_seconds: list[float] = field(default_factory=list)
+    failed_requests_during_swaps: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "f1_by_cycle": self.f1_by_cycle, "macro_f1_by_cycle": self.macro_f1_by_cycle,
+            "promoted": self.promoted, "rejected_bad_candidate": self.rejected_bad_candidate,
+            "rollbacks": self.rollbacks, "cycle_seconds": self.cycle_seconds,
+            "failed_requests_during_swaps": self.failed_requests_during_swaps, "details": self.details,
+        }
+
+
+def experiment_settings(base: Settings, state_dir: Path) -> Settings:
+    """The experiment's knobs: volume trigger per cycle, no cooldown, a canary judged on this traffic."""
+    trainer = base.trainer.model_copy(update={
+        "cooldown_h": 0.0, "volume_weighted_labels": 100.0, "schedule_interval_h": 10_000.0,
+        "canary_share": 0.3, "canary_min_impressions": 300, "canary_min_judgements": 20, "canary_min_requests": 10,
+        "exploration_share": 0.3,  # more guesses than in production: few listings per cycle here
+    })
+    tagger = base.tagger.model_copy(update={"rollout_refresh_s": 1.0})
+    return base.model_copy(update={
+        "state_dir": state_dir, "triton_model_repository": state_dir / "models", "trainer": trainer, "tagger": tagger,
+    })
+
+
+def split_catalog(records: Sequence[Record], cfg: LoopConfig) -> tuple[list[Record], list[Record], list[Record]]:
+    """(weak training set, stream, golden): golden is the leak-free test side; the weak set a share of the rest."""
+    split = group_split(records, val_frac=0.0, test_frac=0.2, seed=cfg.seed)
+    pool = [records[i] for i in split.train + split.val]
+    weak = [r for r in pool if unit_hash(f"weak-{cfg.seed}", r.id) < cfg.weak_share]
+    stream = [r for r in pool if unit_hash(f"weak-{cfg.seed}", r.id) >= cfg.weak_share]
+    random.Random(cfg.seed).shuffle(stream)
+    return weak, stream, [records[i] for i in split.test]
+
+
+class Shoppers:
+    """Reads ``listing-tags`` and answers each new tag event with simulated feedback."""
+
+    def __init__(self, settings: Settings, truth: dict[str, set[str]], seed: int) -> None:
+        self.settings = settings
+        self.sim = ShopperSimulator(truth, ShopperConfig(), seed)
+        self.consumer = Consumer(consumer_config(settings.kafka, f"loop-shoppers-{uuid.uuid4().hex[:6]}"))
+        topic = settings.topics.tags
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        self.feedback = OffsetRecorder(settings.kafka)
+        self.tagged: dict[str, str] = {}  # listing → model version of its latest tags
+
+    def react_until(self, listing_ids: set[str], timeout_s: float) -> None:
+        """Consume tag events until every listing in ``listing_ids`` was tagged; feedback for each."""
+        deadline = time.monotonic() + timeout_s
+        waiting = set(listing_ids)
+        while waiting and time.monotonic() < deadline:
+            for msg in self.consumer.consume(500, 0.5):
+                if msg.error() or msg.value() is None:
+                    continue
+                event = decode(TagEvent, msg.value())
+                self.tagged[event.listing_id] = event.model_version
+                waiting.discard(event.listing_id)
+                for fb in self.sim.react(event):
+                    self.feedback.send(self.settings.topics.feedback, fb.user_id.encode(), encode(fb))
+        if waiting:
+            raise TimeoutError(f"{len(waiting)} listings not tagged after {timeout_s:.0f}s")
+
+    def flush(self) -> dict[tuple[str, int], int]:
+        return self.feedback.flush()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def wait_counted(settings: Settings, group: str, targets: dict[tuple[str, int], int], timeout_s: float) -> None:
+    """Until the feedback service stored offsets past every produced feedback record."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if caught_up(stored_offsets(settings.database_url, group), targets):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("feedback not counted in time")
+
+
+@contextmanager
+def services(settings: Settings, workdir: Path) -> Iterator[dict[str, ManagedProcess]]:
+    """The real tagger and feedback worker as processes, configured only by TAGLOOP_ variables."""
+    env = worker_env(settings) | {
+        "TAGLOOP_TRITON__GRPC_URL": settings.triton.grpc_url, "TAGLOOP_TRITON__HTTP_URL": settings.triton.http_url,
+        "TAGLOOP_TOPICS__LISTINGS": settings.topics.listings, "TAGLOOP_DATA_DIR": str(settings.data_dir),
+        "TAGLOOP_TRITON_MODEL_REPOSITORY": str(settings.triton_model_repository),
+        "TAGLOOP_TAGGER__ROLLOUT_REFRESH_S": str(settings.tagger.rollout_refresh_s), "PYTHONUNBUFFERED": "1",
+        "TAGLOOP_TRAINER__EXPLORATION_SHARE": str(settings.trainer.exploration_share),
+    }
+    procs = {
+        "tagger": ManagedProcess("loop-tagger", workdir),
+        "feedback": ManagedProcess("loop-feedback", workdir),
+    }
+    procs["tagger"].start([sys.executable, "-m", "services.tagger.main", "--group-id", "loop-tagger",
+                           "--http-port", str(free_port())], env=env, cwd=REPO_ROOT)
+    procs["feedback"].start([sys.executable, "-m", "services.feedback.main", "--engine", "batch",
+                             "--group", "loop-feedback"], env=env, cwd=REPO_ROOT)
+    try:
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop(timeout_s=30)
+
+
+def shuffled(records: Sequence[JobRecord], seed: int) -> list[JobRecord]:
+    """The same texts with each other's tag sets: a candidate trained on these has learnt nothing."""
+    tag_sets = [r.tag_ids for r in records]
+    random.Random(seed).shuffle(tag_sets)
+    return [replace(r, tag_ids=t) for r, t in zip(records, tag_sets, strict=True)]
+
+
+def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
+    base = base or Settings()
+    workdir = (base.state_dir / f"eval-loop-{uuid.uuid4().hex[:8]}").resolve()
+    settings = experiment_settings(base, workdir)
+    records = load_records(cfg.data, cfg.format, cfg.limit)  # type: ignore[arg-type]
+    weak, stream, golden_records = split_catalog(records, cfg)
+    golden = records_from_catalog(golden_records, cfg.max_depth)
+    truth = {r.id: record_tag_ids(r.labels, cfg.max_depth) for r in records}
+    result = LoopResult(details={"records": len(records), "weak": len(weak), "golden": len(golden),
+                                 "stream": len(stream), "workdir": str(workdir)})
+    started = time.monotonic()
+
+    # Cycle 0: the weak model, trained on the weak share alone, is the first champion.
+    vocab = build_vocabulary(weak, cfg.max_depth, min_count=3, min_attribute_count=3)
+    taxonomy = settings.data_dir / "shopify-taxonomy"
+    if taxonomy.exists():
+        vocab = map_to_taxonomy(vocab, load_taxonomy(taxonomy))
+    cache = EmbeddingCache(workdir / "embeddings")
+    original = records_from_catalog(weak, cfg.max_depth)
+    first = run_fast_job(FastJobInput(original), settings.triton_model_repository, settings.triton.tag_model,
+                         vocab=vocab, config=TrainConfig(max_depth=cfg.max_depth), cache_dir=cache.directory)
+    write_model_config(settings.triton_model_repository, settings.triton.tag_model)
+
+    with ExitStack() as exits:
+        info = stack.up(settings, database=f"tagloop_loop_{uuid.uuid4().hex[:8]}",
+                        triton_models=[settings.triton.tag_model])
+        exits.callback(stack.down, workdir)
+        settings = info.apply(settings)
+        create_all_topics(settings)
+        from services.db_cli import migrate_all
+
+        migrate_all(settings)  # every schema; registers version 1 as champion
+        registry = ModelRegistry(settings)
+        texts = {r.id: r.text for r in records}
+        admin = exits.enter_context(TritonAdmin(settings.triton.http_url))
+        drain = 3 * settings.tagger.rollout_refresh_s  # taggers move off a version before it is unloaded
+        ops = ModelOps(registry, admin, settings.triton.tag_model, drain_s=drain)
+        service = TrainerService(settings, TrainerData(original, golden, texts), ops)
+        m0 = golden_metrics(version_dir(settings.triton_model_repository, settings.triton.tag_model, first.version),
+                            golden, service.cache)
+        result.f1_by_cycle.append(round(m0.micro_f1, 4))
+        result.macro_f1_by_cycle.append(round(m0.macro_f1, 4))
+        result.cycle_seconds.append(round(time.monotonic() - started, 1))
+        procs = exits.enter_context(services(settings, workdir))
+        shoppers = Shoppers(settings, truth, cfg.seed)
+        exits.callback(shoppers.close)
+        produced: set[str] = set()
+        cursor = 0
+
+        def stream_next(n: int) -> None:
+            nonlocal cursor
+            chunk = stream[cursor:cursor + n]
+            cursor += n
+            if not chunk:
+                raise RuntimeError("the catalog's stream ran out: fewer cycles or listings per cycle")
+            produce_listings(settings, [listing_from_record(r) for r in chunk])
+            produced.update(r.id for r in chunk)
+            shoppers.react_until({r.id for r in chunk}, timeout_s=900)
+            wait_counted(settings, "loop-feedback", shoppers.flush(), timeout_s=300)
+
+        def canary_rounds() -> TickResult:
+            outcome = TickResult("canary-wait")
+            for _ in range(cfg.max_canary_rounds):
+                stream_next(cfg.canary_listings)
+                outcome = service.tick()
+                if outcome.action != "canary-wait":
+                    break
+            return outcome
+
+        for _cycle in range(cfg.cycles):
+            t0 = time.monotonic()
+            stream_next(cfg.listings_per_cycle)
+            tick = service.tick()
+            if tick.action == "job" and tick.decision is not None and tick.decision.blessed:
+                outcome = canary_rounds()
+                if outcome.action == "promoted" and outcome.candidate is not None:
+                    result.promoted.append(outcome.candidate)
+                elif outcome.action == "rolled-back":
+                    result.rollbacks += 1
+            champion = registry.champion(settings.triton.tag_model)
+            assert champion is not None
+            m = golden_metrics(version_dir(settings.triton_model_repository, settings.triton.tag_model,
+                                           champion.version), golden, service.cache)
+            result.f1_by_cycle.append(round(m.micro_f1, 4))
+            result.macro_f1_by_cycle.append(round(m.macro_f1, 4))
+            result.cycle_seconds.append(round(time.monotonic() - t0, 1))
+            result.details.setdefault("ticks", []).append(
+                {"action": tick.action, "candidate": tick.candidate, "triggers": [t.kind for t in tick.triggers],
+                 "gate": tick.decision.reasons if tick.decision else None})
+
+        # A candidate trained on shuffled labels: the gate must reject it.
+        bad = run_fast_job(FastJobInput(shuffled(original, cfg.seed)), settings.triton_model_repository,
+                           settings.triton.tag_model, base_version_dir=service_base(service), registry=registry,
+                           cache_dir=service.cache.directory, job_id="shuffled-labels")
+        recent = [x for x in _labels(settings) if is_recent_holdout(x.listing_id)]
+        decision = service.gate(bad.version_dir, service_base(service), recent)
+        result.rejected_bad_candidate = not decision.blessed
+        result.details["bad_candidate_gate"] = decision.reasons
+        # An operator forces a second one into a canary: the canary judgement must roll it back.
+        forced = run_fast_job(FastJobInput(shuffled(original, cfg.seed + 1)), settings.triton_model_repository,
+                              settings.triton.tag_model, base_version_dir=service_base(service), registry=registry,
+                              cache_dir=service.cache.directory, job_id="forced-canary")
+        service.start_canary(forced.version)
+        outcome = canary_rounds()
+        result.rollbacks += outcome.action == "rolled-back"
+        result.details["forced_canary"] = {"action": outcome.action,
+                                           "verdict": outcome.verdict.reasons if outcome.verdict else None}
+
+        # Nothing lost or failed across every swap: each produced listing has its tag event, no dead letters.
+        untagged = produced - set(shoppers.tagged)
+        result.failed_requests_during_swaps = len(untagged) + count_dead_letters(settings)
+        result.details["listings_produced"] = len(produced)
+        result.details["versions_seen"] = sorted(set(shoppers.tagged.values()))
+        result.details["processes_alive"] = {name: p.running() for name, p in procs.items()}
+        result.details["total_seconds"] = round(time.monotonic() - started, 1)
+    return result.as_dict()
+
+
+def service_base(service: TrainerService) -> Path | None:
+    from services.trainer.fast_job import base_version_dir
+
+    return base_version_dir(service.registry, service.repository, service.model)
+
+
+def _labels(settings: Settings) -> list[Any]:
+    from services.trainer.label_source import build_training_labels
+
+    return build_training_labels(settings).labels
+
+
+def count_dead_letters(settings: Settings) -> int:
+    consumer = Consumer(consumer_config(settings.kafka, f"loop-dl-{uuid.uuid4().hex[:6]}"))
+    topic = settings.topics.dead_letter
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        n, quiet = 0, time.monotonic()
+        while time.monotonic() - quiet < 2.0:
+            for msg in consumer.consume(500, 0.3):
+                if not msg.error():
+                    decode(DeadLetter, msg.value())
+                    n += 1
+                    quiet = time.monotonic()
+        return n
+    finally:
+        consumer.close()
+

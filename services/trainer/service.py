@@ -1,0 +1,242 @@
+"""The trainer service: feedback becomes labels, a trigger starts a job, the gate and a canary decide.
+
+:meth:`TrainerService.tick` reads top to bottom, once per ``TAGLOOP_TRAINER__TICK_INTERVAL_S``:
+
+1. a canary in progress is judged first (:func:`shared.canary.canary_verdict` on what each
+   version's listings got from shoppers and merchants, and what taggers saw of its requests):
+   promote, roll back, or wait;
+2. otherwise the triggers are evaluated (:mod:`services.trainer.triggers`); a fired trigger
+   starts a **job**, never a deployment: labels from the feedback service's
+   ``feedback_tag_labels`` → the fast job (head refit on the champion's encoder) → a candidate
+   version → scores of candidate and champion on the golden and the recent-feedback holdouts →
+   the gate (:mod:`services.trainer.gate`) → a blessed candidate is loaded next to the champion
+   in Triton and becomes the **canary**; a rejected one is marked ``rejected``.
+
+One job at a time across all trainer processes (a Postgres advisory lock, :mod:`jobs`); a job
+that dies leaves serving untouched and is marked failed on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from services.trainer import jobs
+from services.trainer.embeddings import EmbeddingCache
+from services.trainer.fast_job import base_version_dir, run_fast_job
+from services.trainer.feedback_labels import Label
+from services.trainer.gate import Decision, decide
+from services.trainer.job_input import FastJobInput, JobRecord
+from services.trainer.label_source import build_training_labels
+from services.trainer.model_ops import ModelOps
+from services.trainer.scoring import is_recent_holdout, score
+from services.trainer.triggers import Trigger, TriggerSnapshot, WindowStats, evaluate_triggers
+from shared.canary import ArmStats, CanaryVerdict, canary_verdict
+from shared.events import utc_now
+from shared.model_registry import ModelRegistry, ModelStatus
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainerData:
+    """What a model line learns from and is judged on, besides feedback.
+
+    ``original``: the labelled catalog records the line trains on (with their full tag sets);
+    ``golden``: labelled records never trained on, the fixed holdout of the gate;
+    ``texts``: listing id → text for every listing feedback may speak of.
+    """
+
+    original: list[JobRecord]
+    golden: list[JobRecord]
+    texts: dict[str, str]
+
+
+@dataclass
+class TickResult:
+    """What one tick did, for logs, the CLI and the loop experiment."""
+
+    action: str  # idle | job | canary-wait | promoted | rolled-back
+    triggers: list[Trigger] = field(default_factory=list)
+    job: jobs.JobRecord | None = None
+    decision: Decision | None = None
+    verdict: CanaryVerdict | None = None
+    candidate: int | None = None
+
+
+class TrainerService:
+    """Parameters: ``ops`` changes status and what Triton serves together (the same code as
+    ``tagloop model``); None changes the registry alone (where no Triton serves the model)."""
+
+    def __init__(
+        self, settings: Settings, data: TrainerData, ops: ModelOps | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings, self.data = settings, data
+        self.ops = ops
+        self.clock = clock
+        self.model = settings.triton.tag_model
+        self.repository = settings.triton_model_repository
+        self.registry = ModelRegistry(settings)
+        self.cache = EmbeddingCache(settings.state_dir / "embeddings")
+
+    # -- the tick, top to bottom --------------------------------------------------------
+
+    def tick(self, force: Trigger | None = None) -> TickResult:
+        """Judge a running canary, or evaluate the triggers and run a job if one fired."""
+        canary = self._canary()
+        if canary is not None:
+            return self.judge_canary(canary)
+        fired = [force] if force is not None else evaluate_triggers(self.snapshot(), self.settings.trainer)
+        if not fired:
+            return TickResult("idle")
+        return self.run_job(fired[0], fired)
+
+    def run_job(self, trigger: Trigger, fired: Sequence[Trigger] = ()) -> TickResult:
+        """One fast job: labels → candidate → gate → canary (or rejected). Serving changes only at the end."""
+        with jobs.start_job(self.settings, "fast", trigger.kind, trigger.reason, dict(trigger.figures),
+                            model_name=self.model) as job:
+            if job is None:
+                log.info("another trainer runs a job; skipping %s", trigger.kind)
+                return TickResult("idle", list(fired))
+            labels = build_training_labels(self.settings, until=self.clock()).labels
+            train = [x for x in labels if not is_recent_holdout(x.listing_id)]
+            recent = [x for x in labels if is_recent_holdout(x.listing_id)]
+            job_input = self.job_input(train)
+            jobs.update_job(job, dataset_fingerprint=None, composition=self.composition(train, recent))
+            champion_dir = base_version_dir(self.registry, self.repository, self.model)
+            result = run_fast_job(job_input, self.repository, self.model, base_version_dir=champion_dir,
+                                  registry=self.registry, cache_dir=self.cache.directory, job_id=str(job.id))
+            jobs.update_job(job, dataset_fingerprint=result.fingerprint, candidate_version=result.version)
+            decision = self.gate(result.version_dir, champion_dir, recent)
+            metrics = {"fast_job": result.metrics, "timings": result.timings}
+            if not decision.blessed:
+                self.registry.set_status(self.model, result.version, ModelStatus.REJECTED,
+                                         reason="gate: " + "; ".join(decision.reasons)[:1000])
+                record = jobs.finish_job(job, "rejected", candidate_version=result.version, metrics=metrics,
+                                         gate_decision=decision.to_dict())
+                return TickResult("job", list(fired), record, decision, candidate=result.version)
+            self.start_canary(result.version)
+            record = jobs.finish_job(job, "succeeded", candidate_version=result.version, metrics=metrics,
+                                     gate_decision=decision.to_dict())
+            return TickResult("job", list(fired), record, decision, candidate=result.version)
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def job_input(self, labels: Sequence[Label]) -> FastJobInput:
+        """The original records plus every listing feedback speaks of (its text), with the labels.
+
+        The fast job refits the head from scratch, so all of the original data goes in (a
+        replay share only matters to the deep job's incremental fine-tuning).
+        """
+        known = {r.listing_id for r in self.data.original}
+        extra = sorted({x.listing_id for x in labels} - known)
+        records = [*self.data.original, *(JobRecord(lid, self.data.texts[lid]) for lid in extra
+                                          if lid in self.data.texts)]
+        return FastJobInput(records, list(labels))
+
+    def composition(self, train: Sequence[Label], recent: Sequence[Label]) -> dict[str, Any]:
+        strong = sum(x.kind == "strong" for x in train)
+        return {"original_records": len(self.data.original), "feedback_labels": len(train),
+                "strong": strong, "weak": len(train) - strong, "recent_holdout_labels": len(recent),
+                "golden_records": len(self.data.golden)}
+
+    def gate(self, candidate_dir: Path, champion_dir: Path | None, recent: Sequence[Label]) -> Decision:
+        texts, golden = self.data.texts, self.data.golden
+        candidate = score(candidate_dir, golden, recent, texts, self.cache)
+        champion = score(champion_dir, golden, recent, texts, self.cache) if champion_dir is not None else None
+        return decide(candidate, champion, self.settings.trainer)
+
+    def start_canary(self, version: int) -> None:
+        """Serve the candidate next to the champion, then let taggers route the canary share to it."""
+        champion = self.registry.champion(self.model)
+        share = self.settings.trainer.canary_share
+        if self.ops is not None:
+            (self.ops.canary(version, share) if champion is not None else self.ops.promote(version))
+        else:
+            status = ModelStatus.CANARY if champion is not None else ModelStatus.CHAMPION
+            self.registry.set_status(self.model, version, status, reason="blessed by the gate",
+                                     metrics_update={"canary_share": share})
+
+    def judge_canary(self, canary: int) -> TickResult:
+        champion = self.registry.champion(self.model)
+        if champion is None:  # nothing to compare with: the canary simply becomes champion
+            self.registry.set_status(self.model, canary, ModelStatus.CHAMPION, reason="no champion to compare")
+            return TickResult("promoted", candidate=canary)
+        since = self._status_since(canary)
+        arms = self.arm_stats(since, [champion.version, canary])
+        verdict = canary_verdict(arms[champion.version], arms[canary], self.settings.trainer)
+        if verdict.action == "promote":
+            if self.ops is not None:  # the old champion stays loaded: a rollback is instant
+                self.ops.promote(canary)
+            else:
+                self.registry.set_status(self.model, canary, ModelStatus.CHAMPION, reason="; ".join(verdict.reasons))
+            return TickResult("promoted", verdict=verdict, candidate=canary)
+        if verdict.action == "rollback":
+            # Taggers stop routing to it within their refresh; Triton keeps it loaded until the next
+            # change of what serves (in-flight requests must not fail), see ModelOps' drain rule.
+            self.registry.set_status(self.model, canary, ModelStatus.ROLLED_BACK, reason="; ".join(verdict.reasons))
+            return TickResult("rolled-back", verdict=verdict, candidate=canary)
+        return TickResult("canary-wait", verdict=verdict, candidate=canary)
+
+    # -- reading the world ------------------------------------------------------------------
+
+    def snapshot(self) -> TriggerSnapshot:
+        cfg, now = self.settings.trainer, self.clock()
+        last = jobs.last_job(self.settings)
+        since = last.finished_at or last.created_at if last is not None else None
+        weighted = sum(x.weight for x in build_training_labels(self.settings, since=since, until=now).labels)
+        reference = self.window_stats(now - timedelta(hours=cfg.drift_reference_window_h),
+                                      now - timedelta(hours=cfg.drift_recent_window_h))
+        recent = self.window_stats(now - timedelta(hours=cfg.drift_recent_window_h), now)
+        return TriggerSnapshot(now=now, last_job_at=since, last_trigger=last.trigger_kind if last else None,
+                               weighted_labels_since_last_job=weighted, reference=reference, recent=recent)
+
+    def window_stats(self, since: datetime, until: datetime) -> WindowStats:
+        with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(impressions), 0), coalesce(sum(clicks), 0), coalesce(sum(accepts), 0),"
+                " coalesce(sum(rejects), 0) FROM feedback_tag_labels(%s, %s)", (since, until)).fetchone()
+        assert row is not None
+        return WindowStats(*(int(v) for v in row))
+
+    def arm_stats(self, since: datetime, versions: Sequence[int]) -> dict[int, ArmStats]:
+        """Per version: what its listings got from shoppers and merchants since ``since``, and what
+        taggers saw of its requests (``tagger_arm_stats``)."""
+        out = {v: ArmStats() for v in versions}
+        with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT model_version, sum(impressions), sum(clicks), sum(accepts), sum(rejects)"
+                " FROM feedback_tag_labels(%s, NULL) GROUP BY model_version", (since,)).fetchall()
+            served = conn.execute(
+                "SELECT version, sum(requests), sum(errors), max(p99_seconds) FROM tagger_arm_stats"
+                " WHERE model_name = %s AND updated_at >= %s GROUP BY version", (self.model, since)).fetchall()
+        by_version = {str(v): v for v in versions}
+        for version, imp, clicks, acc, rej in rows:
+            if version in by_version:
+                v = by_version[version]
+                out[v] = ArmStats(int(imp), int(clicks), int(acc), int(rej), out[v].requests, out[v].errors,
+                                  out[v].latency_p99_ms)
+        for version, requests, errors, p99 in served:
+            if version in by_version:
+                v = by_version[version]
+                a = out[v]
+                out[v] = ArmStats(a.impressions, a.clicks, a.accepts, a.rejects, int(requests), int(errors),
+                                  float(p99) * 1000 if p99 is not None else None)
+        return out
+
+    def _canary(self) -> int | None:
+        rows = self.registry.list_versions(self.model, [ModelStatus.CANARY])
+        return rows[-1].version if rows else None
+
+    def _status_since(self, version: int) -> datetime:
+        changes = [c for c in self.registry.history(self.model, version) if c.to_status == ModelStatus.CANARY]
+        return changes[-1].changed_at if changes else self.clock()
+
