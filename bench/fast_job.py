@@ -1,4 +1,4 @@
-"""`tagloop bench fast-job`: wall time and peak memory of the trainer's fast path on this CPU.
+"""`tagloop bench trainer`: wall time and peak memory of the trainer's fast path on this CPU.
 
 Three runs over the same catalog, each in its own process (so each peak RSS is its own):
 

@@ -261,63 +261,19 @@ CREATE VIEW feedback_tag_labels_v1 AS SELECT * FROM feedback_tag_labels(NULL, NU
 """
 
 # Labels are about tags: a click under the context "Handbags" says nothing about the listing's other tags.
-_V6 = """
-CREATE OR REPLACE FUNCTION feedback_tag_labels(since timestamptz DEFAULT NULL, until timestamptz DEFAULT NULL)
-RETURNS TABLE (
-    listing_id           text,
-    tag_id               text,
-    impressions          bigint,
-    clicks               bigint,
-    carts                bigint,
-    purchases            bigint,
-    accepts              bigint,
-    rejects              bigint,
-    last_accept_at       timestamptz,
-    last_reject_at       timestamptz,
-    click_positions      jsonb,
-    impression_positions jsonb,
-    exploratory          boolean,
-    model_version        text,
-    first_ts             timestamptz,
-    last_ts              timestamptz
-)
-LANGUAGE sql STABLE AS $fn$
-    WITH by_position AS (
-        SELECT e.listing_id, tag, e.type, e.position, count(*) AS n, min(e.ts) AS first_ts, max(e.ts) AS last_ts
-        -- A shopper event that names the tag it was shown under speaks of that tag alone;
-        -- without one it speaks of every tag of the listing (as the counters count it).
-        FROM feedback_events e, unnest(CASE WHEN e.context_tag_id IS NOT NULL AND e.type IN
-            ('impression', 'click', 'add_to_cart', 'purchase') THEN ARRAY[e.context_tag_id] ELSE e.tag_ids END) AS tag
-        WHERE e.tag_ids IS NOT NULL
-          AND e.ts >= coalesce(since, '-infinity'::timestamptz)
-          AND e.ts < coalesce(until, 'infinity'::timestamptz)
-        GROUP BY 1, 2, 3, 4
-    ), pairs AS (
-        SELECT b.listing_id, b.tag,
-            coalesce(sum(b.n) FILTER (WHERE b.type = 'impression'), 0)::bigint AS impressions,
-            coalesce(sum(b.n) FILTER (WHERE b.type = 'click'), 0)::bigint AS clicks,
-            coalesce(sum(b.n) FILTER (WHERE b.type = 'add_to_cart'), 0)::bigint AS carts,
-            coalesce(sum(b.n) FILTER (WHERE b.type = 'purchase'), 0)::bigint AS purchases,
-            coalesce(sum(b.n) FILTER (WHERE b.type = 'tag_accept'), 0)::bigint AS accepts,
-            coalesce(sum(b.n) FILTER (WHERE b.type = 'tag_reject'), 0)::bigint AS rejects,
-            max(b.last_ts) FILTER (WHERE b.type = 'tag_accept') AS last_accept_at,
-            max(b.last_ts) FILTER (WHERE b.type = 'tag_reject') AS last_reject_at,
-            coalesce(jsonb_object_agg(b.position::text, b.n)
-                     FILTER (WHERE b.type = 'click' AND b.position IS NOT NULL), '{}'::jsonb) AS click_positions,
-            coalesce(jsonb_object_agg(b.position::text, b.n)
-                     FILTER (WHERE b.type = 'impression' AND b.position IS NOT NULL), '{}'::jsonb)
-                AS impression_positions,
-            min(b.first_ts) AS first_ts,
-            max(b.last_ts) AS last_ts
-        FROM by_position b
-        GROUP BY 1, 2
+_V6 = (
+    _V5[_V5.index("CREATE FUNCTION"):_V5.index("-- All time")]
+    .replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
+    .replace(
+        "FROM feedback_events e, unnest(e.tag_ids) AS tag",
+        # A shopper event that names the tag it was shown under speaks of that tag alone;
+        # without one it speaks of every tag of the listing (as the counters count it).
+        "FROM feedback_events e, unnest(CASE WHEN e.context_tag_id IS NOT NULL AND e.type IN"
+        " ('impression', 'click', 'add_to_cart', 'purchase') THEN ARRAY[e.context_tag_id] ELSE e.tag_ids END) AS tag",
     )
-    SELECT p.listing_id, p.tag, p.impressions, p.clicks, p.carts, p.purchases, p.accepts, p.rejects,
-        p.last_accept_at, p.last_reject_at, p.click_positions, p.impression_positions,
-        coalesce(p.tag = ANY(t.exploratory_tag_ids), false), t.model_version, p.first_ts, p.last_ts
-    FROM pairs p LEFT JOIN feedback_listing_tags t ON t.listing_id = p.listing_id
-$fn$;
-"""
+)
+assert "context_tag_id" in _V6, "migration 6 no longer matches the function of migration 5"
+
 
 MIGRATIONS: list[Migration] = [
     Migration(SERVICE, 1, "archive_counts_offsets", _V1),

@@ -132,7 +132,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
 
         _print(bench_train_epoch(Settings().data_dir, limit, batch_size, max_length), json_out)
 
-    @bench_app.command("fast-job")
+    @bench_app.command("trainer")
     def bench_fast_job_cmd(
         limit: Annotated[int | None, typer.Option(help="First N listings (default: all 20k).")] = None,
         flips: Annotated[int, typer.Option(help="Weighted feedback labels that contradict the catalog.")] = 500,

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-_CHUNK = 1 << 20
+from shared.tagmodel.fingerprint import file_sha256
 
 
 class TextEncoder(Protocol):
@@ -38,14 +38,6 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``float32 [n, dim]`` L2-normalised embeddings, in the order of ``texts``."""
         ...
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class VersionEncoder:
