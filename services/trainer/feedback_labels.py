@@ -29,7 +29,7 @@ Examples
 ...         FeedbackRow("l1", "t2", impressions=40),
 ...         FeedbackRow("l2", "t1", impressions=9, clicks=1, carts=1)]
 >>> [(x.tag_id, x.label, x.weight, x.kind.value) for x in build_labels(rows, TrainerSettings())]
-[('t1', 0, 5.0, 'strong'), ('t2', 0, 2.0, 'weak'), ('t1', 1, 2.0, 'weak')]
+[('t1', 0, 1.0, 'strong'), ('t2', 0, 0.5, 'weak'), ('t1', 1, 0.5, 'weak')]
 """
 
 from __future__ import annotations

@@ -185,8 +185,9 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
 
     # Rebuilding the window later gives the same set; a replay sample of the original labels joins it.
     original = [Label(f"{ns}-old{i}", "t1", 1, 1.0, W) for i in range(4)]
-    again = build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL, original=original)
-    assert build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL).fingerprint == built.fingerprint
+    settings = Settings(database_url=url, trainer=trainer)
+    again = build_training_labels(settings, SINCE, UNTIL, original=original)
+    assert build_training_labels(settings, SINCE, UNTIL).fingerprint == built.fingerprint
     assert (again.composition.replayed, again.composition.total) == (1, 6)  # 20 % of 6, rounded
     assert again.fingerprint != built.fingerprint
 
