@@ -87,6 +87,19 @@ class TrainerService:
         self.registry = ModelRegistry(settings)
         self.cache = EmbeddingCache(settings.state_dir / "embeddings")
 
+    def recover(self) -> list[jobs.JobRecord]:
+        """On start: jobs a dead trainer left running are marked failed, and a candidate such a job
+        had registered is rejected (never half-deployed: it never served)."""
+        interrupted = jobs.recover_interrupted(self.settings)
+        for job in interrupted:
+            if job.candidate_version is None:
+                continue
+            version = self.registry.get(self.model, job.candidate_version)
+            if version is not None and version.status == ModelStatus.CANDIDATE:
+                self.registry.set_status(self.model, version.version, ModelStatus.REJECTED,
+                                         reason=f"trainer job {job.id} was interrupted")
+        return interrupted
+
     # -- the tick, top to bottom --------------------------------------------------------
 
     def tick(self, force: Trigger | None = None) -> TickResult:

@@ -41,7 +41,6 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         once: Annotated[bool, typer.Option(help="One tick, then exit (cron, tests).")] = False,
     ) -> None:
         """Judge canaries and run jobs when a trigger fires, until SIGTERM."""
-        from services.trainer import jobs
         from services.trainer.model_ops import ModelOps
         from services.trainer.service import TrainerService
         from shared.model_registry import ModelRegistry
@@ -52,9 +51,9 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         ops = ModelOps(ModelRegistry(settings), TritonAdmin(settings.triton.http_url), settings.triton.tag_model,
                        drain_s=3 * settings.tagger.rollout_refresh_s)
 
-        for job in jobs.recover_interrupted(settings):
-            log.warning("job %s was interrupted (candidate %s): marked failed", job.id, job.candidate_version)
         service = TrainerService(settings, load_trainer_data(data or settings.data_dir, format), ops)
+        for job in service.recover():
+            log.warning("job %s was interrupted (candidate %s): marked failed", job.id, job.candidate_version)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
