@@ -278,8 +278,8 @@ def zero_shot_tag_fn(data_dir: Path, cache_dir: Path | None = None, **tagger_opt
         if cache is not None and cache.exists():
             cached: list[list[str]] = json.loads(cache.read_text())
             return cached
-        from services.tagger.zero_shot import ZeroShotTagger  # heavy: taxonomy + torch
         from shared.encoder import MiniLMEncoder
+        from shared.tagmodel.zero_shot import ZeroShotTagger  # heavy: taxonomy + torch
         from shared.taxonomy import load_taxonomy
 
         encoder = MiniLMEncoder()

@@ -23,7 +23,6 @@ from typing import Protocol
 import numpy as np
 import psycopg
 
-from services.tagger.zero_shot import ZeroShotTagger, label_text
 from shared.events import Tag, TagKind
 from shared.model_registry import ModelRegistry
 from shared.model_repository import latest_version, versions
@@ -32,6 +31,7 @@ from shared.tagmodel.card import ModelCard, VocabEntry, load_model_card
 from shared.tagmodel.decide import ZeroShotTags, exploratory_tags, tags_from_probs
 from shared.tagmodel.fingerprint import encoder_fingerprint
 from shared.tagmodel.tag_ids import category_tag_id
+from shared.tagmodel.zero_shot import ZeroShotTagger, label_text
 from shared.taxonomy import load_taxonomy
 from shared.triton_client import AsyncTritonTextClient
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from services.simulator.listings import flipkart_records
-from services.tagger.zero_shot import ZeroShotTagger
 from shared.catalog.records import CATEGORY_SEP
 from shared.encoder import MiniLMEncoder
+from shared.tagmodel.zero_shot import ZeroShotTagger
 from shared.taxonomy import load_taxonomy
 
 APPAREL_LIKE = {"Footwear", "Clothing", "Jewellery", "Watches"}

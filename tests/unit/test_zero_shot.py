@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.tagger.zero_shot import ZeroShotTagger
+from shared.tagmodel.zero_shot import ZeroShotTagger
 from shared.taxonomy import Category
 
 
