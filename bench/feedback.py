@@ -1,21 +1,25 @@
-"""``tagloop bench feedback --json``: feedback events/s counted into Postgres, exactly once.
+"""``tagloop bench feedback --json``: feedback events/s into Postgres, exactly once, old and new path.
 
-Measured in one run, on the same synthetic events:
+Measured in one run, on the same events, engine after engine for each load shape
+(``bench/feedback_loads.py``: ``uniform`` synthetic, ``skewed`` like Online Retail's shoppers,
+``replay`` of real Online Retail purchases):
 
-* ``end_to_end.<engine>``: the real worker (``python -m services.feedback.main --engine
-  faust|batch``) on a private tansu broker and a fresh database: listings' tags first,
-  then a backlog of feedback. Rate = events counted between the first and the last
-  committed batch / that time (start-up, group join and tags excluded, reported).
-  "Counted" is read from the offsets the worker stores in the same transaction as its
-  counts, so it is committed, exactly-once work; each run ends with a recount from the
-  archive (``exactly_once_verified``).
-* ``cpu_us_per_event``: CPU of the worker process and of its Postgres backends during
-  the feedback phase (from ``/proc``), which, unlike wall time, does not depend on what
-  else runs on the machine; ``idle_cores_estimate_events_per_s`` follows from it.
-* ``worker_busy_split``: the worker's own split of its busy time (decode / Postgres /
-  the rest = Kafka client, faust stream machinery, acks).
-* ``stages`` (one process, no Kafka): pydantic decode, dedup + attribution, what
-  counting in Python would cost, and the Postgres unit of work alone.
+* ``runs.<load>.<engine>``: the real worker (``python -m services.feedback.main``) on a private
+  tansu broker and a fresh database: listings' tags first, then a backlog of feedback.
+  ``events_per_s`` = events archived between the first and the last committed batch / that time,
+  read from the offsets stored in the same transaction as the rows (committed exactly-once work);
+  ``counted_events_per_s`` also waits for the counters (rollup queue empty).
+  Engines: ``batch`` / ``faust`` (new write path, counters in the batch's transaction), ``+rollup``
+  (new path, counters rolled up from the archive), ``old-batch`` / ``old-faust`` (the worker of the
+  ``--baseline`` revision, run from a ``git archive`` copy). Each run ends with the recount audit
+  of the code that wrote it (``recount_mismatches``: must be 0).
+* CPU per event of the worker process and of its Postgres backends (``/proc``) during the feedback
+  phase: unlike wall time, it depends little on what else runs on the machine.
+* ``counter_freshness_p99_s``: p99 over rolled-up batches of the time from a batch's commit to the
+  rollup step that counted it (0 for counters written in the batch's transaction).
+* ``distinct_keys_per_event``: counter rows per event after pre-combining a micro-batch, or a rollup step.
+* ``stages`` (one process, no Kafka): pydantic vs the msgspec fast decoder on the same records, and the
+  new unit of work alone (inline counters; archive only, then the rollup).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -33,22 +39,25 @@ from typing import Any
 
 import psycopg
 
+from bench.feedback_loads import LOADS, load
 from services.feedback.app import APPLICATION_NAME
-from services.feedback.domain import Consumed, TagUpdate, count_rows, dedup, plan_feedback
+from services.feedback.domain import Consumed, TagUpdate, count_rows, plan_feedback
 from services.feedback.loadgen import (
     OffsetRecorder,
+    caught_up,
     engine_args,
+    rollup_backlog,
     start_worker,
     stored_offsets,
-    synthetic_feedback,
-    synthetic_tags,
     wait_caught_up,
 )
 from services.feedback.migrations import MIGRATIONS
-from services.feedback.repository import PostgresFeedbackStore, recount_mismatches
+from services.feedback.repository import CounterMode, PostgresFeedbackStore, recount_mismatches
+from services.feedback.rollup import Rollup
 from shared.db import apply_migrations, async_pool
 from shared.devstack import broker, stack
-from shared.events import FeedbackEvent, TagEvent, decode, encode
+from shared.events import FeedbackEvent, TagEvent, decode_record, encode
+from shared.fast_decode import FeedbackRow, decode_feedback
 from shared.kafka import create_topics, topic_specs
 from shared.settings import Settings
 
@@ -57,59 +66,80 @@ def _rate(n: int, seconds: float) -> float:
     return round(n / seconds, 1) if seconds > 0 else 0.0
 
 
-def _stage_bench(url: str, raw: Sequence[bytes], tags: dict[str, tuple[str, ...]], batch_size: int) -> dict[str, Any]:
-    """Decode, aggregate and the Postgres unit of work, each timed alone on the same events."""
-    t0 = time.perf_counter()
-    events = [decode(FeedbackEvent, r) for r in raw]
-    decode_s = time.perf_counter() - t0
-    consumed = [Consumed(e, "bench", i % 4, i // 4) for i, e in enumerate(events)]
-    batches = [consumed[i : i + batch_size] for i in range(0, len(consumed), batch_size)]
+def _p99(xs: Sequence[float]) -> float | None:
+    if not xs:
+        return None
+    ordered = sorted(xs)
+    return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3)
 
-    t0 = time.perf_counter()
-    plans = [plan_feedback(dedup(b), tags) for b in batches]
-    plan_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    counted = [count_rows(p.archive) for p in plans]
-    python_count_s = time.perf_counter() - t0
-    # Counter rows the upserts write per batch (keys repeated within a batch collapse into one row).
-    n_rows = sum(len(d.listing) + len(d.listing_hourly) + len(d.user) for d in counted)
 
-    async def pg() -> tuple[float, float, float]:
+def distinct_keys_per_event(
+    events: Sequence[FeedbackEvent], tags: dict[str, tuple[str, ...]], chunk: int
+) -> float:
+    """Counter rows written per event when ``chunk`` consecutive events are pre-combined (a micro-batch, or a
+    rollup step): distinct user×tag + listing×tag + listing×tag×hour keys, over events."""
+    rows = 0
+    for i in range(0, len(events), chunk):
+        part = [Consumed(e, "bench", 0, j) for j, e in enumerate(events[i : i + chunk])]
+        d = count_rows(plan_feedback(part, tags).archive)
+        rows += len(d.user) + len(d.listing) + len(d.listing_hourly)
+    return round(rows / max(1, len(events)), 3)
+
+
+def _stage_bench(
+    url: str, raw: Sequence[tuple[bytes, bytes]], tags: dict[str, tuple[str, ...]], batch_size: int
+) -> dict[str, Any]:
+    """The decoders side by side, and the new unit of work (inline counters / rollup), each timed alone."""
+    n = len(raw)
+    t0 = time.perf_counter()
+    slow = [decode_record(FeedbackEvent, k, v) for k, v in raw]
+    pydantic_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = [decode_feedback(k, v) for k, v in raw]
+    fast_s = time.perf_counter() - t0
+    assert [FeedbackRow.of(e) for e in slow] == rows, "fast decoder disagrees with pydantic"
+    consumed = [Consumed(e, "bench", i % 4, i // 4) for i, e in enumerate(rows)]
+    batches = [consumed[i : i + batch_size] for i in range(0, n, batch_size)]
+
+    async def pg(counters: CounterMode) -> dict[str, float]:
         pool = async_pool(url, min_size=1, max_size=1)
         await pool.open()
         try:
-            store = PostgresFeedbackStore(pool, "bench-stages")
-            # The listings' tags, as the worker has them: each event counts against ~3 tags.
+            store = PostgresFeedbackStore(pool, f"bench-stages-{counters}", counters=counters)
             updates = [TagUpdate(lid, t, False, "bench", 0, i) for i, (lid, t) in enumerate(sorted(tags.items()))]
             await store.record_tags(updates, "bench-tags")
             async with pool.connection() as conn:
+                await conn.execute(
+                    "TRUNCATE feedback_events, feedback_rollup_queue, feedback_user_tag_counts,"
+                    " feedback_listing_tag_counts, feedback_listing_tag_hourly"
+                )
                 row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
             backend = row[0] if row else 0
             t, py, be = time.perf_counter(), time.process_time(), _cpu_s(backend)
             for b in batches:
                 await store.record_feedback(b)
-            return time.perf_counter() - t, time.process_time() - py, _cpu_s(backend) - be
+            out = {
+                "uow_us_per_event": (time.perf_counter() - t) / n * 1e6,
+                "uow_python_cpu_us_per_event": (time.process_time() - py) / n * 1e6,
+                "uow_postgres_cpu_us_per_event": (_cpu_s(backend) - be) / n * 1e6,
+            }
+            if counters == "rollup":
+                t, be = time.perf_counter(), _cpu_s(backend)
+                await Rollup(pool).drain()
+                out["rollup_us_per_event"] = (time.perf_counter() - t) / n * 1e6
+                out["rollup_postgres_cpu_us_per_event"] = (_cpu_s(backend) - be) / n * 1e6
+            return {k: round(v, 2) for k, v in out.items()}
         finally:
             await pool.close()
 
-    uow_s, uow_py_cpu, uow_pg_cpu = asyncio.run(pg())
-    rows_per_event = n_rows / len(raw)
-    n = len(raw)
     return {
         "events": n,
-        "decode_us_per_event": round(decode_s / n * 1e6, 2),
-        "dedup_and_attribution_us_per_event": round(plan_s / n * 1e6, 2),
-        "python_counting_us_per_event_not_used_by_postgres_path": round(python_count_s / n * 1e6, 2),
-        "postgres_uow_us_per_event": round(uow_s / n * 1e6, 2),
-        "postgres_uow_cpu_us_per_event": {
-            "python": round(uow_py_cpu / n * 1e6, 2),
-            "postgres_backend": round(uow_pg_cpu / n * 1e6, 2),
+        "decode_us_per_event": {
+            "pydantic": round(pydantic_s / n * 1e6, 2),
+            "msgspec_fast_path": round(fast_s / n * 1e6, 2),
         },
-        "postgres_uow_events_per_s": _rate(n, uow_s),
-        "counter_rows_per_event": round(rows_per_event, 2),
-        "postgres_uow_includes": "dedup, attribution, claim ids, COPY to staging, archive insert,"
-        " 3 counting upserts (SQL aggregation), offsets",
-        "decode_plus_uow_events_per_s": _rate(n, decode_s + uow_s),
+        "inline": asyncio.run(pg("inline")),
+        "rollup": asyncio.run(pg("rollup")),
     }
 
 
@@ -140,6 +170,18 @@ def _cpu_snapshot(worker_pid: int | None, url: str) -> dict[int, float]:
     return {pid: _cpu_s(pid) for pid in pids}
 
 
+def _recount(url: str, repo: Path | None) -> dict[str, int]:
+    """The audit of the code that wrote the database (a baseline checkout audits its own schema)."""
+    if repo is None:
+        return recount_mismatches(url)
+    code = (
+        "import json, sys; from services.feedback.repository import recount_mismatches as r;"
+        " print(json.dumps(r(sys.argv[1])))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, url], cwd=repo, capture_output=True, text=True, check=True)
+    return {k: int(v) for k, v in json.loads(out.stdout).items()}
+
+
 def _end_to_end(
     base: Settings,
     bootstrap: str,
@@ -149,17 +191,29 @@ def _end_to_end(
     keyed: Sequence[tuple[bytes, bytes]],
     batch_size: int,
     timeout_s: float,
+    baseline: Path | None,
 ) -> dict[str, Any]:
     """One engine on its own topics and database: tags first, then the feedback backlog.
 
-    ``engine`` is ``faust``, ``batch`` or ``batch:N`` (the batch engine with N concurrent writers).
+    ``engine``: ``faust``, ``batch`` or ``batch:N`` (N concurrent writers), optionally ``+inline`` (counters in
+    each batch's transaction); ``old-<engine>`` runs the worker of the ``baseline`` checkout instead.
     """
-    run_id = f"{engine.replace(':', '')}-{uuid.uuid4().hex[:6]}"
+    old = engine.startswith("old-")
+    repo = baseline if old else None
+    spec = engine.removeprefix("old-")
+    run_id = f"{engine.replace(':', '').replace('+', '')}-{uuid.uuid4().hex[:6]}"
     db_name = f"tagloop_bench_feedback_{run_id.replace('-', '_')}"
     url = stack.ensure_database(base.database_url, db_name)
     worker = None
     try:
-        apply_migrations(url, MIGRATIONS)
+        if old:
+            subprocess.run(
+                [sys.executable, "-c", "import sys; from services.feedback.migrations import MIGRATIONS as M;"
+                 " from shared.db import apply_migrations as a; a(sys.argv[1], M)", url],
+                cwd=repo, check=True, capture_output=True,
+            )  # fmt: skip
+        else:
+            apply_migrations(url, MIGRATIONS)
         topics = base.topics.suffixed(run_id)
         settings = base.model_copy(
             update={
@@ -174,17 +228,9 @@ def _end_to_end(
         group = f"bench-feedback-{run_id}"
         t_start = time.monotonic()
         worker = start_worker(
-            settings,
-            group,
-            f"bench-feedback-{run_id}",
-            *engine_args(engine),
-            "--batch-size",
-            str(batch_size),
-            "--stats-file",
-            str(stats_file),
-            "--loglevel",
-            "warning",
-        )
+            settings, group, f"bench-feedback-{run_id}", *engine_args(spec), "--batch-size", str(batch_size),
+            "--stats-file", str(stats_file), "--loglevel", "warning", repo=repo,
+        )  # fmt: skip
         # Listings' tags first (steady state: feedback about known listings), then the feedback backlog.
         rec = OffsetRecorder(settings.kafka)
         for ev in tag_events:
@@ -200,7 +246,7 @@ def _end_to_end(
         produce_s = time.perf_counter() - t0
 
         fb_targets = {k: v for k, v in targets.items() if k[0] == topics.feedback}
-        t_first = done_at_first = None
+        t_first = done_at_first = t_archived = None
         deadline = time.monotonic() + timeout_s
         finished = False
         while time.monotonic() < deadline:
@@ -211,7 +257,9 @@ def _end_to_end(
             now = time.monotonic()
             if counted > 0 and t_first is None:
                 t_first, done_at_first = now, counted
-            if all(stored.get(k, -1) >= v for k, v in targets.items()):
+            if t_archived is None and caught_up(stored, targets):
+                t_archived = now
+            if t_archived is not None and not rollup_backlog(url):
                 finished = True
                 break
             time.sleep(0.05)
@@ -223,36 +271,35 @@ def _end_to_end(
         worker_stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
         worker.stop()
         worker = None
-        if not finished or t_first is None or done_at_first is None:
+        if not finished or t_first is None or done_at_first is None or t_archived is None:
             raise RuntimeError(f"{engine} worker did not catch up within {timeout_s}s")
-        mismatches = recount_mismatches(url)
+        mismatches = _recount(url, repo)
         steady_n = len(keyed) - done_at_first
-        steady_s = t_done - t_first
-        busy = worker_stats.get("busy_since_first_batch_s") or steady_s
+        busy = worker_stats.get("busy_since_first_batch_s") or (t_done - t_first)
         split: dict[str, Any] = {
-            "decode_s": round(worker_stats.get("decode_s", 0.0), 3),
-            "postgres_s": round(worker_stats.get("postgres_s", 0.0), 3),
-            "dead_letter_s": round(worker_stats.get("dead_letter_s", 0.0), 3),
+            key: round(worker_stats.get(key, 0.0), 3) for key in ("decode_s", "postgres_s", "dead_letter_s")
         }
         split["kafka_client_and_other_s"] = round(busy - sum(split.values()), 3)
-        if ":" in engine:
-            split["note"] = "concurrent writers: postgres_s sums their times, so 'other' can be negative"
+        split["rollup_s_concurrent"] = round(worker_stats.get("rollup_s", 0.0), 3)
         n_fb = len(keyed)
         worker_us, pg_us = worker_cpu / n_fb * 1e6, pg_cpu / n_fb * 1e6
+        lags = worker_stats.get("counter_lags_s") or []
+        rolled_up = "+rollup" in spec
         return {
-            "events_per_s": _rate(steady_n, steady_s),
-            # Load-independent: CPU per event of the worker process and of its Postgres backends during
-            # the feedback phase. The worker waits for each transaction, so on idle cores the rate is
-            # about 1 / (worker + postgres) per event.
-            "cpu_us_per_event": {"worker": round(worker_us, 1), "postgres_backends": round(pg_us, 1)},
+            # Archived exactly once (offsets stored with the rows), first to last committed batch.
+            "events_per_s": _rate(steady_n, t_archived - t_first),
+            # ... and in the counters too (rollup mode: until the rollup queue is empty).
+            "counted_events_per_s": _rate(steady_n, t_done - t_first),
+            "postgres_cpu_us_per_event": round(pg_us, 1),
+            "worker_cpu_us_per_event": round(worker_us, 1),
             "idle_cores_estimate_events_per_s": _rate(1, (worker_us + pg_us) / 1e6),
-            # The batch engine decodes the next poll while Postgres writes the last: with a core each,
-            # the slower of the two bounds it.
-            "idle_cores_overlapped_bound_events_per_s": _rate(1, max(worker_us, pg_us) / 1e6),
+            "counter_freshness_p99_s": _p99(lags) if rolled_up else 0.0,
+            "counter_freshness_max_s": round(max(lags), 3) if rolled_up and lags else None,
+            "rolled_up_batches": len(lags),
+            "recount_mismatches": sum(mismatches.values()),
+            "recount_mismatches_by_table": mismatches,
             "counted_events_measured": steady_n,
-            "seconds": round(steady_s, 3),
-            "exactly_once_verified": set(mismatches.values()) == {0},
-            "recount_mismatches": mismatches,
+            "seconds": round(t_done - t_first, 3),
             "worker_startup_join_and_tags_s": round(startup_s, 3),
             "produce_s": round(produce_s, 3),
             "worker_busy_split": split,
@@ -265,52 +312,87 @@ def _end_to_end(
         stack.drop_database(base.database_url, db_name)
 
 
+def baseline_checkout(rev: str, into: Path) -> Path:
+    """A plain copy of the tree at ``rev`` (``git archive``): the old write path, run side by side."""
+    repo = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=repo, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _by(runs: dict[str, dict[str, dict[str, Any]]], key: str) -> dict[str, dict[str, Any]]:
+    return {load: {engine: r[key] for engine, r in by_engine.items()} for load, by_engine in runs.items()}
+
+
 def run(
     n_events: int = 60_000,
     batch_size: int = 10_000,
-    stage_events: int = 50_000,
-    n_users: int = 20_000,
-    n_listings: int = 5_000,
-    engines: Sequence[str] = ("batch", "batch:2", "faust"),
+    stage_events: int = 30_000,
+    engines: Sequence[str] = ("old-batch", "batch", "batch+rollup", "faust"),
+    loads: Sequence[str] = LOADS,
+    baseline: str | None = None,
     timeout_s: float = 300.0,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark on a private broker and fresh databases; returns the JSON report.
 
-    ``events_per_s`` is the best engine's end-to-end rate; every engine's is reported.
+    Every engine runs every load shape, interleaved per load, in this one run; ``old-*`` engines (the
+    ``baseline`` revision's worker, e.g. the commit before the new write path) are skipped without one.
     """
     base = settings or Settings()
     run_id = uuid.uuid4().hex[:8]
     state_dir = Path(tempfile.mkdtemp(prefix="tagloop-bench-feedback-"))
+    old_tree = baseline_checkout(baseline, state_dir / "baseline") if baseline else None
+    engines = [e for e in engines if old_tree is not None or not e.startswith("old-")]
+    load_start = os.getloadavg()
     bootstrap = broker.start_broker(state_dir)
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    keys: dict[str, dict[str, float]] = {}
     try:
-        tag_events = synthetic_tags(run_id, n_listings)
-        events = list(synthetic_feedback(run_id, n_events, n_users=n_users, n_listings=n_listings))
-        keyed = [(e.user_id.encode(), encode(e)) for e in events]
-        e2e = {
-            engine: _end_to_end(base, bootstrap, state_dir, engine, tag_events, keyed, batch_size, timeout_s)
-            for engine in engines
-        }
-        tags = {e.listing_id: tuple(sorted({t.tag_id for t in e.tags})) for e in tag_events}
-        stage_db = f"tagloop_bench_feedback_stages_{run_id}"
-        url = stack.ensure_database(base.database_url, stage_db)
-        try:
-            apply_migrations(url, MIGRATIONS)
-            stages = _stage_bench(url, [v for _, v in keyed[:stage_events]], tags, batch_size)
-        finally:
-            stack.drop_database(base.database_url, stage_db)
-        best = max(e2e, key=lambda k: e2e[k]["events_per_s"])
+        for shape in loads:
+            tag_events, events = load(shape, f"{run_id}{shape[:2]}", n_events, base.data_dir)
+            keyed = [(e.user_id.encode(), encode(e)) for e in events]
+            tags = {e.listing_id: tuple(sorted({t.tag_id for t in e.tags})) for e in tag_events}
+            runs[shape] = {}
+            for engine in engines:
+                runs[shape][engine] = _end_to_end(
+                    base, bootstrap, state_dir, engine, tag_events, keyed, batch_size, timeout_s, old_tree
+                )
+                runs[shape][engine]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+            keys[shape] = {
+                "per_micro_batch": distinct_keys_per_event(events, tags, batch_size),
+                "per_rollup_step_of_30k_events": distinct_keys_per_event(events, tags, 30_000),
+                "per_60k_events": distinct_keys_per_event(events, tags, 60_000),
+            }
+            if shape == "uniform":
+                stage_db = f"tagloop_bench_feedback_stages_{run_id}"
+                url = stack.ensure_database(base.database_url, stage_db)
+                try:
+                    apply_migrations(url, MIGRATIONS)
+                    stages = _stage_bench(url, keyed[:stage_events], tags, batch_size)
+                finally:
+                    stack.drop_database(base.database_url, stage_db)
+        rates = _by(runs, "events_per_s")
+        mismatches = _by(runs, "recount_mismatches")
         return {
             "benchmark": "feedback",
-            "events_per_s": e2e[best]["events_per_s"],
-            "best_engine": best,
-            "exactly_once_verified": all(r["exactly_once_verified"] for r in e2e.values()),
+            "events_per_s": rates,
+            "counted_events_per_s": _by(runs, "counted_events_per_s"),
+            "postgres_cpu_us_per_event": _by(runs, "postgres_cpu_us_per_event"),
+            "worker_cpu_us_per_event": _by(runs, "worker_cpu_us_per_event"),
+            "distinct_keys_per_event": keys,
+            "counter_freshness_p99_s": _by(runs, "counter_freshness_p99_s"),
+            "recount_mismatches": mismatches,
+            "exactly_once_verified": all(m == 0 for by in mismatches.values() for m in by.values()),
+            "best": {shape: max(r, key=lambda e: r[e]) for shape, r in rates.items()},
+            "runs": runs,
+            "stages": stages if "uniform" in loads else None,
             "events": n_events,
             "batch_size": batch_size,
-            "end_to_end": e2e,
-            "stages": stages,
+            "baseline": baseline,
             "partitions": base.topics.partitions,
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+            "load_average_1m": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }
     finally:

@@ -19,20 +19,16 @@ JSON keys: ``f1_by_cycle`` (micro-F1, cycle 0 first), ``macro_f1_by_cycle``, ``p
 from __future__ import annotations
 
 import random
-import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
-from services.feedback.loadgen import OffsetRecorder, caught_up, stored_offsets, worker_env
+from services.demo.harness import FEEDBACK_GROUP, Shoppers, count_dead_letters, running_services, wait_counted
 from services.simulator.listings import listing_from_record, produce_listings
-from services.simulator.shoppers import ShopperConfig, ShopperSimulator
 from services.trainer.embeddings import EmbeddingCache
 from services.trainer.fast_job import run_fast_job
 from services.trainer.job_input import FastJobInput, JobRecord, records_from_catalog
@@ -46,9 +42,7 @@ from shared.canary import unit_hash
 from shared.catalog.readers import load_records
 from shared.catalog.records import Record
 from shared.devstack import stack
-from shared.devstack.process import ManagedProcess, free_port
-from shared.events import DeadLetter, TagEvent, decode, encode
-from shared.kafka import consumer_config, create_all_topics
+from shared.kafka import create_all_topics
 from shared.model_registry import ModelRegistry
 from shared.model_repository import version_dir, write_model_config
 from shared.settings import Settings
@@ -115,77 +109,6 @@ def split_catalog(records: Sequence[Record], cfg: LoopConfig) -> tuple[list[Reco
     return weak, stream, [records[i] for i in split.test]
 
 
-class Shoppers:
-    """Reads ``listing-tags`` and answers each new tag event with simulated feedback."""
-
-    def __init__(self, settings: Settings, truth: dict[str, set[str]], seed: int) -> None:
-        self.settings = settings
-        self.sim = ShopperSimulator(truth, ShopperConfig(), seed)
-        self.consumer = Consumer(consumer_config(settings.kafka, f"loop-shoppers-{uuid.uuid4().hex[:6]}"))
-        topic = settings.topics.tags
-        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        self.feedback = OffsetRecorder(settings.kafka)
-        self.tagged: dict[str, str] = {}  # listing → model version of its latest tags
-
-    def react_until(self, listing_ids: set[str], timeout_s: float) -> None:
-        """Consume tag events until every listing in ``listing_ids`` was tagged; feedback for each."""
-        deadline = time.monotonic() + timeout_s
-        waiting = set(listing_ids)
-        while waiting and time.monotonic() < deadline:
-            for msg in self.consumer.consume(500, 0.5):
-                if msg.error() or msg.value() is None:
-                    continue
-                event = decode(TagEvent, msg.value())
-                self.tagged[event.listing_id] = event.model_version
-                waiting.discard(event.listing_id)
-                for fb in self.sim.react(event):
-                    self.feedback.send(self.settings.topics.feedback, fb.user_id.encode(), encode(fb))
-        if waiting:
-            raise TimeoutError(f"{len(waiting)} listings not tagged after {timeout_s:.0f}s")
-
-    def flush(self) -> dict[tuple[str, int], int]:
-        return self.feedback.flush()
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def wait_counted(settings: Settings, group: str, targets: dict[tuple[str, int], int], timeout_s: float) -> None:
-    """Until the feedback service stored offsets past every produced feedback record."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if caught_up(stored_offsets(settings.database_url, group), targets):
-            return
-        time.sleep(0.5)
-    raise TimeoutError("feedback not counted in time")
-
-
-@contextmanager
-def services(settings: Settings, workdir: Path) -> Iterator[dict[str, ManagedProcess]]:
-    """The real tagger and feedback worker as processes, configured only by TAGLOOP_ variables."""
-    env = worker_env(settings) | {
-        "TAGLOOP_TRITON__GRPC_URL": settings.triton.grpc_url, "TAGLOOP_TRITON__HTTP_URL": settings.triton.http_url,
-        "TAGLOOP_TOPICS__LISTINGS": settings.topics.listings, "TAGLOOP_DATA_DIR": str(settings.data_dir),
-        "TAGLOOP_TRITON_MODEL_REPOSITORY": str(settings.triton_model_repository),
-        "TAGLOOP_TAGGER__ROLLOUT_REFRESH_S": str(settings.tagger.rollout_refresh_s), "PYTHONUNBUFFERED": "1",
-        "TAGLOOP_TRAINER__EXPLORATION_SHARE": str(settings.trainer.exploration_share),
-    }
-    procs = {
-        "tagger": ManagedProcess("loop-tagger", workdir),
-        "feedback": ManagedProcess("loop-feedback", workdir),
-    }
-    procs["tagger"].start([sys.executable, "-m", "services.tagger.main", "--group-id", "loop-tagger",
-                           "--http-port", str(free_port())], env=env, cwd=REPO_ROOT)
-    procs["feedback"].start([sys.executable, "-m", "services.feedback.main", "--engine", "batch",
-                             "--group", "loop-feedback"], env=env, cwd=REPO_ROOT)
-    try:
-        yield procs
-    finally:
-        for p in procs.values():
-            p.stop(timeout_s=30)
-
-
 def shuffled(records: Sequence[JobRecord], seed: int) -> list[JobRecord]:
     """The same texts with each other's tag sets: a candidate trained on these has learnt nothing."""
     tag_sets = [r.tag_ids for r in records]
@@ -236,7 +159,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
         result.f1_by_cycle.append(round(m0.micro_f1, 4))
         result.macro_f1_by_cycle.append(round(m0.macro_f1, 4))
         result.cycle_seconds.append(round(time.monotonic() - started, 1))
-        procs = exits.enter_context(services(settings, workdir))
+        procs = exits.enter_context(running_services(settings, workdir, ("tagger", "feedback")))
         shoppers = Shoppers(settings, truth, cfg.seed)
         exits.callback(shoppers.close)
         produced: set[str] = set()
@@ -251,7 +174,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
             produce_listings(settings, [listing_from_record(r) for r in chunk])
             produced.update(r.id for r in chunk)
             shoppers.react_until({r.id for r in chunk}, timeout_s=900)
-            wait_counted(settings, "loop-feedback", shoppers.flush(), timeout_s=300)
+            wait_counted(settings, FEEDBACK_GROUP, shoppers.flush(), timeout_s=300)
 
         def canary_rounds() -> TickResult:
             outcome = TickResult("canary-wait")
@@ -303,7 +226,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
 
         # Nothing lost or failed across every swap: each produced listing has its tag event, no dead letters.
         untagged = produced - set(shoppers.tagged)
-        result.failed_requests_during_swaps = len(untagged) + count_dead_letters(settings)
+        result.failed_requests_during_swaps = len(untagged) + sum(count_dead_letters(settings).values())
         result.details["listings_produced"] = len(produced)
         result.details["versions_seen"] = sorted(set(shoppers.tagged.values()))
         result.details["processes_alive"] = {name: p.running() for name, p in procs.items()}
@@ -321,22 +244,3 @@ def _labels(settings: Settings) -> list[Any]:
     from services.trainer.label_source import build_training_labels
 
     return build_training_labels(settings).labels
-
-
-def count_dead_letters(settings: Settings) -> int:
-    consumer = Consumer(consumer_config(settings.kafka, f"loop-dl-{uuid.uuid4().hex[:6]}"))
-    topic = settings.topics.dead_letter
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        n, quiet = 0, time.monotonic()
-        while time.monotonic() - quiet < 2.0:
-            for msg in consumer.consume(500, 0.3):
-                if not msg.error():
-                    decode(DeadLetter, msg.value())
-                    n += 1
-                    quiet = time.monotonic()
-        return n
-    finally:
-        consumer.close()
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -17,6 +18,8 @@ from services.tagger import cli as tagger_cli
 from services.trainer import cli as trainer_cli
 from services.trainer import model_cli as trainer_model_cli
 from services.trainer import service_cli as trainer_service_cli
+from services.trainer import tag_cli as trainer_tag_cli
+from shared import cli_errors
 from shared.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help="tagloop: streaming product tagging with a feedback loop.")
@@ -37,6 +40,7 @@ SERVICE_CLIS = (
     trainer_cli,
     trainer_model_cli,
     trainer_service_cli,
+    trainer_tag_cli,
     feedback_cli,
     learner_cli,
     tagger_cli,
@@ -59,7 +63,9 @@ def dev_up(no_triton: bool = typer.Option(False, help="Skip Triton (broker and P
     except StackError as exc:
         typer.secho(f"dev up failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(json.dumps(info.settings_overrides(), indent=2))
+    overrides = info.settings_overrides()
+    overrides["database_url"] = cli_errors.postgres_address(overrides["database_url"])  # no password on stdout
+    typer.echo(json.dumps(overrides, indent=2))
     typer.echo(f"postgres: {info.postgres_mode}; triton models: {', '.join(info.triton_models) or '-'}")
 
 
@@ -98,19 +104,61 @@ def schemas_write(directory: Path = typer.Option(Path("schemas"))) -> None:
         typer.echo(str(path))
 
 
+@bench_app.command("all")
+def bench_all(
+    only: str | None = typer.Option(None, help="Comma-separated benchmarks (default: all of them)"),
+    report: Path = typer.Option(Path("bench/results/all.md"), help="Where the markdown report goes"),
+    timeout: float = typer.Option(3600.0, help="Seconds each benchmark may take"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every benchmark, one process each; a markdown report with the figures, the machine and the date."""
+    from bench.all import BENCHMARKS, markdown, run_all
+
+    names = [n.strip() for n in only.split(",")] if only else list(BENCHMARKS)
+    result = run_all(names, timeout_s=timeout)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(markdown(result))
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else f"report: {report}")
+    raise typer.Exit(0 if all(r["ok"] for r in result["benchmarks"].values()) else 1)
+
+
 @app.command("demo")
 def demo(
-    limit: int = typer.Option(200, help="How many real listings to stream"),
-    keep: bool = typer.Option(False, help="Leave the local stack running afterwards"),
+    listings: int = typer.Option(3000, "--listings", help="Stream at most N new listings"),
+    rate: float = typer.Option(6.0, "--rate", help="New listings per second"),
+    duration: float = typer.Option(900.0, "--duration", help="Stop after this many seconds"),
+    keep: bool = typer.Option(False, help="Leave the stack and services running; print their URLs"),
+    data: Path | None = typer.Option(None, help="Labelled catalog: data dir (flipkart) or CSV/JSONL"),
+    format: str = typer.Option("flipkart", "--format", help="flipkart | csv | jsonl"),
 ) -> None:
-    """dev up → topics → stream real listings → print tags as they arrive → dev down."""
-    from services.demo import run_demo
+    """The whole loop: quick model → tagging through Triton → feedback → affinity → a trainer cycle → promotion."""
+    from services.demo.run import DemoOptions, run_demo
 
-    raise typer.Exit(run_demo(limit=limit, keep=keep))
+    raise typer.Exit(run_demo(DemoOptions(listings=listings, rate_per_s=rate, duration_s=duration, keep=keep,
+                                          data=data, format=format)))
+
+
+class _ErrorOptions:
+    """What the global options say about failures; read by :func:`main` after the command has failed."""
+
+    debug = False
+
+
+@app.callback()
+def global_options(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="TAGLOOP_DEBUG", help="On a failure, print the full traceback too."
+    ),
+) -> None:
+    _ErrorOptions.debug = debug
 
 
 def main() -> None:
-    app()
+    """Run ``tagloop``; a failure ends as plain lines and an exit code (shared/cli_errors.py, README)."""
+    try:
+        app()  # click itself answers bad usage (exit 2) and --help
+    except Exception as exc:
+        sys.exit(cli_errors.report(exc, sys.stderr, show_traceback=_ErrorOptions.debug))
 
 
 if __name__ == "__main__":

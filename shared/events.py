@@ -122,6 +122,45 @@ class TagSource(StrEnum):
     EXPLORATORY = "exploratory"
 
 
+class TagOrigin(StrEnum):
+    """Where a tag came from, as its :class:`TagEvidence` tells it."""
+
+    MODEL = "model"  # the trained head's own decision
+    ZERO_SHOT = "zero-shot"  # cosine similarity between the listing and the tag's name
+    HIERARCHY = "hierarchy"  # an ancestor of a category that was tagged (``implied_by``)
+    MERCHANT = "merchant"  # the listing's merchant set or confirmed it
+
+
+class EvidenceTerm(BaseModel):
+    """One n-gram of the listing and its share of the tag's margin (TF-IDF value x the tag's weight)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    term: Text = Field(max_length=200)
+    weight: float
+
+
+class TagEvidence(BaseModel):
+    """Why a tag was given: the terms that pushed it most, the embedding's share, the origin.
+
+    For a model tag, ``margin = lexical + embedding + bias`` (the head's logit); ``terms`` are the
+    few n-grams with the largest positive part of ``lexical`` and ``embedding_share`` is
+    ``|embedding| / (|lexical| + |embedding|)``. A zero-shot tag carries the cosine
+    ``similarity`` of the listing to the tag's name; a hierarchy tag the tag that implied it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    origin: TagOrigin
+    terms: list[EvidenceTerm] = Field(default_factory=list, max_length=50)
+    embedding_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    lexical: float | None = None
+    embedding: float | None = None
+    bias: float | None = None
+    similarity: float | None = Field(default=None, ge=-1.0, le=1.0)
+    implied_by: Id | None = None
+
+
 class Tag(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -132,6 +171,8 @@ class Tag(BaseModel):
     source: TagSource
     name_zh: str | None = None
     taxonomy_id: str | None = None
+    # Left out of the JSON when absent: a tag without evidence is byte-identical to a version-2 tag.
+    evidence: TagEvidence | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class TagEvent(Event):
@@ -139,10 +180,13 @@ class TagEvent(Event):
 
     Deterministic for a given listing version and model version: only ``ts`` may
     differ between two records produced for the same source event. Version 2 may carry
-    exploratory tags (``source="exploratory"``); version 1 events stay valid.
+    exploratory tags (``source="exploratory"``); version 3 may carry each tag's ``evidence``.
+    An event is written as version 3 only when a tag carries evidence (the tagger's
+    ``explain_tags`` setting, off by default), so consumers that know versions 1 and 2 read
+    everything else unchanged; versions 1 and 2 stay valid.
     """
 
-    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]
+    schema_version: Literal[1, 2, 3] = 2  # type: ignore[assignment]
 
     listing_id: Id
     tags: list[Tag] = Field(max_length=1000)
@@ -151,6 +195,23 @@ class TagEvent(Event):
     source_event_id: Text = Field(max_length=200)
     content_hash: str = ""
     ts: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_3_with_evidence(cls, data: Any) -> Any:
+        # Only the version's default is chosen here; what the tags are is validated as usual.
+        if not isinstance(data, dict) or "schema_version" in data or not isinstance(data.get("tags"), list):
+            return data
+        tags = data["tags"]
+        if any((t.get("evidence") if isinstance(t, dict) else getattr(t, "evidence", None)) is not None for t in tags):
+            return {**data, "schema_version": 3}
+        return data
+
+    @model_validator(mode="after")
+    def _evidence_needs_version_3(self) -> TagEvent:
+        if self.schema_version < 3 and any(t.evidence is not None for t in self.tags):
+            raise ValueError(f"tag evidence needs schema_version 3, not {self.schema_version}")
+        return self
 
 
 class FeedbackType(StrEnum):

@@ -87,6 +87,13 @@ class TaggerSettings(BaseModel):
     # How often a tagger re-reads the model registry (champion, shadow, canary): a promotion or a
     # rollback reaches every tagger within this many seconds.
     rollout_refresh_s: float = 5.0
+    # Each tag carries its evidence (terms, embedding share, origin; TagEvent version 3). Off:
+    # it costs a second pass over every listing's terms and makes each event several times larger.
+    explain_tags: bool = False
+    # Listings sampled per registry refresh into `tagger_listing_samples` (the trainer's
+    # embedding-drift windows): ~700/h per tagger at the default refresh, enough for an MMD test.
+    listing_sample_size: int = Field(1, ge=0)
+    listing_sample_retention_h: float = Field(336.0, gt=0)  # twice the drift reference window
 
 
 class LearnerSettings(BaseModel):
@@ -194,12 +201,35 @@ class TrainerSettings(BaseModel):
     exploration_max_tags_per_listing: int = Field(1, ge=0)  # a listing never shows more than one guess
     exploration_min_score: float = Field(0.1, ge=0, le=1)  # candidates scored below this are noise, not guesses
 
+    # --- deep job (services/trainer/deep_job.py) ---------------------------------------------
+    # What a fired trigger runs. "fast" by measurement: at the same data the deep job's candidates
+    # scored no better and cost 5-10x the CPU (bench/results/fast_job.md, "Deep job").
+    job_kind: Literal["fast", "deep"] = "fast"
+    # A step costs ~2 CPU-s with LoRA, ~4 in full, at batch 16 (bench/results/fast_job.md): the cap
+    # keeps a deep job to minutes.
+    deep_max_steps: int = Field(150, ge=1)
+    deep_batch_size: int = Field(16, ge=1)  # small batches: more steps per CPU-minute, same rows seen
+    # "lora" or "full": LoRA measured equal or better test F1 at the same step cap for half the CPU
+    # (bench/results/fast_job.md, "Deep job"); both export a plain (merged) ONNX encoder.
+    deep_adapter: Literal["lora", "full"] = "lora"
+    deep_lr: float = Field(3e-5, gt=0)  # full fine-tune: below tagloop train's 8e-5, it starts from a tuned encoder
+    deep_lora_lr: float = Field(5e-4, gt=0)  # LoRA's low-rank updates need a larger step to move as far
+    deep_lora_rank: int = Field(8, ge=1)
+
     @model_validator(mode="after")
     def _mmd_threshold_reachable(self) -> TrainerSettings:
         # The smallest permutation p-value is 1 / (1 + permutations): below the threshold or drift never fires.
         if 1.0 / (1 + self.mmd_permutations) >= self.mmd_p_value:
             raise ValueError(f"mmd_permutations={self.mmd_permutations} can never reach mmd_p_value={self.mmd_p_value}")
         return self
+
+
+class OpsSettings(BaseModel):
+    """Where services serve /metrics, /healthz and /readyz (``TAGLOOP_OPS__*``, :mod:`shared.ops_http`)."""
+
+    # Loopback unless a container sets 0.0.0.0: metrics tell a lot about the business and need no auth.
+    host: str = "127.0.0.1"
+    trainer_port: int | None = None  # `tagloop trainer run --metrics-port`; None: no endpoint
 
 
 class Settings(BaseSettings):
@@ -212,7 +242,10 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # "json": one object per log line with event/listing ids and model versions (shared/log_setup.py).
+    log_format: Literal["text", "json"] = "text"
+    # May carry a password: kept out of the settings' repr (logs, tracebacks).
+    database_url: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", repr=False)
     state_dir: Path = Field(default_factory=default_state_dir)
     data_dir: Path = Path("../shared/data")
     triton_model_repository: Path = Path("triton_models")
@@ -221,6 +254,7 @@ class Settings(BaseSettings):
     tagger: TaggerSettings = Field(default_factory=TaggerSettings)
     learner: LearnerSettings = Field(default_factory=LearnerSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
 
     @model_validator(mode="after")
     def _shared_api_token(self) -> Settings:

@@ -37,7 +37,7 @@ def _kinds(base: dict[str, Any], key_field: str) -> list[Callable[[random.Random
         lambda r, i: (key(i), _dump(own(i))[:-1] + b', "quantity": NaN}', "NaN"),
         lambda r, i: (key(i), _dump(own(i))[:-1] + b', "score": Infinity}', "Infinity"),
         lambda r, i: (key(i), _dump({**own(i), text_field: r.randrange(100)}), "wrong type"),
-        lambda r, i: (key(i), _dump({**own(i), "schema_version": r.choice([0, 3, 99, "one", 1.5])}),
+        lambda r, i: (key(i), _dump({**own(i), "schema_version": r.choice([0, 7, 99, "one", 1.5])}),
                       "unknown schema_version"),
         lambda r, i: (key(i), _dump(own(i))[:-1] + f', "{text_field}": "hostile-{i}"}}'.encode(), "repeated key"),
         lambda r, i: (b"", _dump(own(i)), "empty key"),

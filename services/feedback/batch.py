@@ -6,11 +6,11 @@ This engine fetches whole batches (``getmany``) and runs the very same
 :class:`~services.feedback.app.FeedbackService` (decode, dead letters, one Postgres
 transaction per batch), two polls deep: while one poll's transaction runs in Postgres,
 the next poll is fetched and decoded (transactions still run one after another, in
-poll order). Exactly-once is unchanged: event ids and offsets commit
-with the counts; Kafka offsets are committed after Postgres, and on every
-assignment the consumer seeks to the offsets stored in Postgres, so a restart
-resumes exactly where the counts end (event-id dedup still guards duplicates the
-producer sent).
+poll order). Exactly-once: the partitions' offsets commit with the archive rows (and
+counts or rollup-queue entries); Kafka offsets are committed after Postgres, and on every
+assignment the consumer seeks to the offsets stored in Postgres, so a restart resumes
+exactly where the archive ends; a transaction also skips records at or below its
+partitions' stored offsets, and the archive's key drops duplicates the producer sent.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
             for (topic, partition), offset in resume.items():
                 self.consumer.seek(TopicPartition(topic, partition), offset)  # also drops what was prefetched
         finally:
-            # Even if the seek failed: reading from Kafka's position re-reads, and event ids dedup that.
+            # Even if the seek failed: reading from Kafka's position re-reads, and the stored offsets skip that.
             self.consumer.resume(*assigned)
         log.info("feedback: assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 

@@ -1,9 +1,9 @@
 """`tagloop` commands of the feedback service.
 
-* ``tagloop feedback run``: the faust worker (migrates first).
+* ``tagloop feedback run``: the worker (batch engine by default; migrates first).
 * ``tagloop feedback migrate``: the feedback schema only.
 * ``tagloop feedback verify [--json]``: count tables vs a recount from the archive.
-* ``tagloop feedback prune [--ids-older-than-days 30]``: forget old event ids (dedup guard retention).
+* ``tagloop feedback prune [--ids-older-than-days 30]``: empty the pre-migration-7 event-id table.
 * ``tagloop bench feedback --json``: events/s counted exactly once, and where the time goes.
 * ``tagloop db migrate [--json]``: every service's migrations (``services/*/migrations.py``).
 """
@@ -51,21 +51,34 @@ def run_cmd(
     batch_size: Annotated[int, typer.Option(help="Max events per micro-batch/transaction.")] = 10_000,
     within: Annotated[float, typer.Option(help="Max seconds to fill a micro-batch.")] = 0.5,
     web: Annotated[bool, typer.Option(help="Run faust's web server on a free loopback port.")] = False,
-    engine: Annotated[str, typer.Option(help="faust (the faust app) or batch (aiokafka batches, faster).")] = "faust",
+    engine: Annotated[
+        str, typer.Option(help="batch (aiokafka batches, the fastest) or faust (the faust app, same write path).")
+    ] = "batch",
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")] = None,
     writers: Annotated[int, typer.Option(help="Batch engine: concurrent transactions per poll.")] = 1,
+    counters: Annotated[
+        str, typer.Option(help="inline (counters in each batch's transaction) or rollup (rolled up from the archive).")
+    ] = "inline",
 ) -> None:
     """Run the feedback worker until SIGTERM/SIGINT."""
     from services.feedback.app import FeedbackConfig
     from services.feedback.main import run_worker
+    from shared.preflight import require_kafka, require_postgres
     from shared.settings import Settings
 
     if engine not in ("faust", "batch"):
         raise typer.BadParameter("engine must be faust or batch")
+    if counters not in ("rollup", "inline"):
+        raise typer.BadParameter("counters must be rollup or inline")
     config = FeedbackConfig(
-        group=group, batch_size=batch_size, within_s=within, web=web, metrics_port=metrics_port, writers=writers
+        group=group, batch_size=batch_size, within_s=within, web=web, metrics_port=metrics_port, writers=writers,
+        counters="rollup" if counters == "rollup" else "inline",
     )
-    run_worker(Settings(), config, engine=engine)
+    settings = Settings()
+    # The worker retries a missing broker forever: say once, plainly, what is not there.
+    require_kafka(settings.kafka)
+    require_postgres(settings.database_url)
+    run_worker(settings, config, engine=engine)
 
 
 def migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -94,7 +107,7 @@ def prune_cmd(
     ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Delete old event ids (the dedup guard); the archive and the counters are kept."""
+    """Delete old event ids from the id table of workers before migration 7 (the guard is now the archive's key)."""
     from datetime import UTC, datetime, timedelta
 
     from services.feedback.repository import prune_event_ids
@@ -109,18 +122,37 @@ def bench_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     events: Annotated[int, typer.Option(help="Feedback events through the real worker (per engine).")] = 60_000,
     batch_size: Annotated[int, typer.Option(help="Worker micro-batch size.")] = 10_000,
-    stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 50_000,
+    stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 30_000,
     engines: Annotated[
-        str, typer.Option(help="Comma-separated: faust, batch, batch:N (N concurrent writers).")
-    ] = "batch,batch:2,faust",
+        str,
+        typer.Option(
+            help="Comma-separated: faust, batch, batch:N (N concurrent writers), each optionally +rollup or"
+            " +inline (how counters are written), or old- (the --baseline revision's worker)."
+        ),
+    ] = "old-batch,batch,batch+rollup,faust",
+    loads: Annotated[str, typer.Option(help="Comma-separated load shapes: uniform, skewed, replay.")] = (
+        "uniform,skewed,replay"
+    ),
+    baseline: Annotated[
+        str | None, typer.Option(help="Git revision whose worker the old- engines run (e.g. the previous commit).")
+    ] = None,
 ) -> None:
-    """Feedback events/s counted into Postgres exactly once (private broker, fresh database)."""
+    """Feedback events/s into Postgres exactly once, old and new write path (private broker, fresh databases)."""
     from bench.feedback import run
+    from bench.feedback_loads import LOADS
 
     chosen = [e.strip() for e in engines.split(",") if e.strip()]
-    if not chosen or any(e.partition(":")[0] not in ("batch", "faust") for e in chosen):
-        raise typer.BadParameter("engines: faust, batch or batch:N")
-    _print(run(n_events=events, batch_size=batch_size, stage_events=stage_events, engines=chosen), as_json)
+    kinds = {e.removeprefix("old-").partition("+")[0].partition(":")[0] for e in chosen}
+    if not chosen or not kinds <= {"batch", "faust"}:
+        raise typer.BadParameter("engines: [old-]faust|batch|batch:N[+inline]")
+    shapes = [x.strip() for x in loads.split(",") if x.strip()]
+    if not shapes or not set(shapes) <= set(LOADS):
+        raise typer.BadParameter(f"loads: {', '.join(LOADS)}")
+    result = run(
+        n_events=events, batch_size=batch_size, stage_events=stage_events, engines=chosen, loads=shapes,
+        baseline=baseline,
+    )
+    _print(result, as_json)
 
 
 def db_migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

@@ -33,6 +33,7 @@ _TYPES = [
     (FeedbackType.TAG_ACCEPT, 3),
     (FeedbackType.TAG_REJECT, 3),
 ]
+_TYPE_DRAW = [t for t, w in _TYPES for _ in range(w)]  # rng.choice over this draws by share
 
 
 def tag_event(listing_id: str, tag_ids: Iterable[str], version: str = "v1") -> TagEvent:
@@ -59,20 +60,26 @@ def synthetic_feedback(
 ) -> Iterator[FeedbackEvent]:
     """``n`` events over a few hours; ids ``{prefix}-e{i}`` so reruns produce the same events."""
     rng = random.Random(seed)
-    start = start or datetime(2026, 3, 1, tzinfo=UTC)
-    types = [t for t, w in _TYPES for _ in range(w)]
     for i in range(n):
-        type_ = rng.choice(types)
-        yield FeedbackEvent(
-            event_id=f"{prefix}-e{i}",
-            user_id=f"{prefix}-u{rng.randrange(n_users)}",
-            listing_id=f"{prefix}-l{rng.randrange(n_listings)}",
-            type=type_,
-            tag_id=f"t{rng.randrange(200)}" if type_ in (FeedbackType.TAG_ACCEPT, FeedbackType.TAG_REJECT) else None,
-            quantity=rng.randint(1, 3),
-            price=round(rng.uniform(1, 200), 2) if type_ == FeedbackType.PURCHASE else None,
-            ts=start + timedelta(seconds=i * 7200 / max(n, 1)),
-        )
+        yield synthetic_event(prefix, i, n, f"{prefix}-u{rng.randrange(n_users)}",
+                              f"{prefix}-l{rng.randrange(n_listings)}", rng, start)
+
+
+def synthetic_event(
+    prefix: str, i: int, n: int, user_id: str, listing_id: str, rng: random.Random, start: datetime | None = None,
+) -> FeedbackEvent:
+    """Event ``i`` of ``n`` spread over two hours: a type drawn by its share of real traffic."""
+    type_ = rng.choice(_TYPE_DRAW)
+    return FeedbackEvent(
+        event_id=f"{prefix}-e{i}",
+        user_id=user_id,
+        listing_id=listing_id,
+        type=type_,
+        tag_id=f"t{rng.randrange(200)}" if type_ in (FeedbackType.TAG_ACCEPT, FeedbackType.TAG_REJECT) else None,
+        quantity=rng.randint(1, 3),
+        price=round(rng.uniform(1, 200), 2) if type_ == FeedbackType.PURCHASE else None,
+        ts=(start or datetime(2026, 3, 1, tzinfo=UTC)) + timedelta(seconds=i * 7200 / max(n, 1)),
+    )
 
 
 class OffsetRecorder:
@@ -131,6 +138,16 @@ def caught_up(stored: Mapping[tuple[str, int], int], targets: Mapping[tuple[str,
     return all(stored.get(k, -1) >= v for k, v in targets.items())
 
 
+def rollup_backlog(url: str) -> int:
+    """Batches archived but not rolled up into the counters yet (0 without the rollup queue, or on error)."""
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            row = conn.execute("SELECT queued_batches FROM feedback_counter_freshness").fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
 def wait_caught_up(
     url: str,
     group: str,
@@ -139,7 +156,8 @@ def wait_caught_up(
     poll_s: float = 0.2,
     worker: ManagedProcess | None = None,
 ) -> bool:
-    """True once the worker stored offsets at or past every target (its counts include them).
+    """True once the worker stored offsets at or past every target and rolled every archived batch up
+    into the counters (its counts include them).
 
     Raises
     ------
@@ -151,7 +169,7 @@ def wait_caught_up(
         if worker is not None and not worker.running():
             tail = worker.log_file.read_text(errors="replace")[-3000:] if worker.log_file.exists() else ""
             raise RuntimeError(f"worker {worker.name} exited:\n{tail}")
-        if caught_up(stored_offsets(url, group), targets):
+        if caught_up(stored_offsets(url, group), targets) and not rollup_backlog(url):
             return True
         time.sleep(poll_s)
     return False
@@ -172,15 +190,21 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def engine_args(spec: str) -> list[str]:
-    """Worker arguments for ``faust``, ``batch`` or ``batch:N`` (batch engine, N concurrent writers)."""
+    """Worker arguments for ``faust``, ``batch`` or ``batch:N`` (batch engine, N concurrent writers),
+    each optionally ``+inline`` or ``+rollup`` (how counters are written)."""
+    spec, _, counters = spec.partition("+")
     kind, _, writers = spec.partition(":")
-    return ["--engine", kind, *(["--writers", writers] if writers else [])]
+    args = ["--engine", kind, *(["--writers", writers] if writers else [])]
+    return args + (["--counters", counters] if counters else [])
 
 
-def start_worker(settings: Settings, group: str, name: str, *extra: str) -> ManagedProcess:
-    """``python -m services.feedback.main`` as a child process (killable with -9)."""
+def start_worker(settings: Settings, group: str, name: str, *extra: str, repo: Path | None = None) -> ManagedProcess:
+    """``python -m services.feedback.main`` as a child process (killable with -9).
+
+    ``repo``: run the worker of another checkout (the benchmark's baseline), default this one.
+    """
     proc = ManagedProcess(name, Path(settings.state_dir))
-    repo = Path(__file__).resolve().parents[2]
+    repo = repo or Path(__file__).resolve().parents[2]
     argv = [sys.executable, "-m", "services.feedback.main", "--group", group, *extra]
     proc.start(argv, env=worker_env(settings), cwd=repo)
     return proc

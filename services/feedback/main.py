@@ -1,4 +1,4 @@
-"""Run the feedback worker: ``python -m services.feedback.main [--engine faust|batch] [--group G]``.
+"""Run the feedback worker: ``python -m services.feedback.main [--engine batch|faust] [--group G]``.
 
 Settings come from the environment (``TAGLOOP_*``) or the local stack file; the
 schema is migrated first, so a fresh database works out of the box.
@@ -18,11 +18,12 @@ from services.feedback.batch import run_batch_consumer
 from shared.settings import Settings
 
 
-def run_worker(settings: Settings, config: FeedbackConfig, loglevel: str = "info", engine: str = "faust") -> None:
+def run_worker(settings: Settings, config: FeedbackConfig, loglevel: str = "info", engine: str = "batch") -> None:
     """Migrate, then run the worker in this process until SIGTERM/SIGINT.
 
-    ``engine="faust"``: the faust app (:func:`build_app`); ``"batch"``: the same service on
-    aiokafka batch fetches (:mod:`services.feedback.batch`), several times faster.
+    ``engine="batch"`` (default, the fastest while exact: ``bench/results/feedback.md``): the service
+    on aiokafka batch fetches (:mod:`services.feedback.batch`); ``"faust"``: the same service in the
+    faust app (:func:`build_app`), same write path.
     """
     applied = migrate(settings)
     logging.getLogger(__name__).info("feedback: migrations applied now: %s", applied or "none")
@@ -50,10 +51,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--within", type=float, default=FeedbackConfig.within_s)
     parser.add_argument("--web", action="store_true", help="run faust's web server on a free port")
     parser.add_argument("--loglevel", default="info")
-    parser.add_argument("--engine", choices=["faust", "batch"], default="faust")
+    parser.add_argument("--engine", choices=["faust", "batch"], default="batch")
     parser.add_argument("--writers", type=int, default=1, help="batch engine: concurrent transactions per poll")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on 127.0.0.1:PORT")
     parser.add_argument("--stats-file", default=None, help="write stage timings here as JSON (benchmark)")
+    parser.add_argument(
+        "--counters", choices=["rollup", "inline"], default=FeedbackConfig.counters,
+        help="rollup: counters rolled up from the archive (lag measured); inline: in each batch's transaction",
+    )
+    parser.add_argument("--rollup-interval", type=float, default=FeedbackConfig.rollup_interval_s,
+                        help="seconds between rollup steps while nothing is queued")
     args = parser.parse_args(argv)
     config = FeedbackConfig(
         group=args.group,
@@ -63,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         stats_file=args.stats_file,
         metrics_port=args.metrics_port,
         writers=args.writers,
+        counters=args.counters,
+        rollup_interval_s=args.rollup_interval,
     )
     run_worker(Settings(), config, args.loglevel, args.engine)
 

@@ -11,6 +11,7 @@ import copy
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from services.feedback.domain import (
     ArchiveRow,
@@ -31,7 +32,7 @@ from services.feedback.domain import (
 
 @dataclass
 class MemoryState:
-    event_ids: set[str] = field(default_factory=set)
+    archived: set[tuple[str, datetime]] = field(default_factory=set)  # the archive's key: (event_id, ts)
     listing_tags: dict[str, tuple[TagIds | None, int, int]] = field(default_factory=dict)  # tags, part, off
     archive: list[ArchiveRow] = field(default_factory=list)
     counts: Deltas = field(default_factory=Deltas)
@@ -42,17 +43,18 @@ class MemoryUnitOfWork:
     def __init__(self, state: MemoryState) -> None:
         self.state = state
 
-    async def claim_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        new = set(event_ids) - self.state.event_ids
-        self.state.event_ids |= new
-        return new
+    async def lock_offsets(self, group: str, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {(t, p): self.state.offsets.get((group, t, p), -1) for t, p in partitions}
 
     async def listing_tags(self, listing_ids: Sequence[str]) -> dict[str, TagIds | None]:
         return {lid: self.state.listing_tags.get(lid, (None, -1, -1))[0] for lid in listing_ids}
 
-    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> None:
-        self.state.archive.extend(rows)
-        self.state.counts.merge(count_rows(rows))
+    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> int:
+        new = [r for r in rows if (r.event.event_id, r.event.ts) not in self.state.archived]
+        self.state.archived.update((r.event.event_id, r.event.ts) for r in new)
+        self.state.archive.extend(new)
+        self.state.counts.merge(count_rows(new))
+        return len(new)
 
     async def add_counts(self, deltas: Deltas) -> None:
         self.state.counts.merge(deltas)

@@ -7,17 +7,21 @@ feedback_listing_tags
     means "not known yet" (a placeholder row written when feedback arrives first,
     so the feedback and tags transactions serialise on that row).
 feedback_event_ids
-    Every event id ever counted: the exactly-once guard (one btree insert per event,
-    ``ON CONFLICT DO NOTHING``). Kept apart from the archive because a unique key on a
-    partitioned table must contain the partition key, and a redelivered id must be
-    refused whatever its ``ts`` says.
+    Until migration 7, every event id ever counted: the exactly-once guard (one heap row
+    and one btree insert per event). No longer written: see the archive's key.
 feedback_events
     The raw-event archive, partitioned by day of ``ts`` (partitions created on
     demand). ``tag_ids`` is what the event was counted against; NULL while the
     listing's tags are unknown (counted under the ``__pending__`` tag until then).
+    Since migration 7 its unique key (event_id, ts) drops producer duplicates (a retry
+    resends the same event, ts included), and ``batch_id`` says which batch archived a row.
+feedback_rollup_queue / feedback_counter_freshness
+    Since migration 7: batches archived but not yet added to the counters (rollup mode),
+    and the age of the oldest (the counters' lag).
 feedback_listing_tag_counts / feedback_listing_tag_hourly / feedback_user_tag_counts
     Additive counters per listing×tag (all-time and per hour) and user×tag (all-time),
-    updated in the same transaction as the archive.
+    updated in the same transaction as the archive (inline mode) or by rollup steps
+    over archived batches, each in one transaction with its queue entries' removal.
 feedback_user_tag_hourly
     A view since migration 3: user×tag×hour counts recounted from the archive when
     read. As a table it was the costliest counter on the hot path (users barely repeat
@@ -27,7 +31,8 @@ feedback_user_tag_hourly
     per-request lookups (that would need an index on the archive's ``user_id``).
 feedback_offsets
     The last offset per (group, topic, partition) whose effects are in Postgres,
-    written in the same transaction as the counts.
+    written in the same transaction as the archive rows; a batch locks its partitions'
+    rows first and skips what they cover (a Kafka redelivery).
 feedback_tag_labels(since, until) / feedback_tag_labels_v1
     Since migration 5: per (listing, tag) feedback of a time window, recounted from the
     archive (with click and impression position histograms): what the trainer's label
@@ -275,6 +280,36 @@ _V6 = (
 assert "context_tag_id" in _V6, "migration 6 no longer matches the function of migration 5"
 
 
+# Issue 12, the write path at 100k events/s. The archive is the exactly-once guard for producer duplicates:
+# a unique key (event_id, ts) per day partition, checked in bulk by the batch's one INSERT .. ON CONFLICT DO
+# NOTHING (a producer retry resends the same event, ts included), in place of a separate id table (one heap
+# row + one btree entry more per event). Kafka redeliveries never reach it: the batch's transaction reads
+# and moves the partition's stored offset. Counters can be rolled up from the archive instead of written
+# by every batch: each batch's rows carry its ``batch_id`` (one sequence value per batch) and the batch is
+# queued in ``feedback_rollup_queue`` in its own transaction; a rollup step takes queued batches, adds
+# their archive rows to the counters and deletes them from the queue, in one transaction. The queue's age
+# is the counters' lag (``feedback_counter_freshness``). Rows archived before this migration (batch_id
+# NULL) were counted by their own transaction. ``feedback_event_ids`` is no longer written (kept, so an
+# archive from before can still be audited and pruned; stop old workers before starting new ones).
+_V7 = """
+ALTER TABLE feedback_events ADD COLUMN batch_id bigint;
+CREATE UNIQUE INDEX feedback_events_event_id ON feedback_events (event_id, ts);
+-- Rollups read a few batches' rows. A btree, not a block-range index: batch ids only grow, so entries
+-- go to the rightmost leaf (cheap), and it needs no summarising (which waits for autovacuum).
+CREATE INDEX feedback_events_batch ON feedback_events (batch_id) WHERE batch_id IS NOT NULL;
+CREATE SEQUENCE feedback_batch_seq;
+CREATE TABLE feedback_rollup_queue (
+    batch_id    bigint      PRIMARY KEY,
+    events      integer     NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT clock_timestamp()
+) WITH (fillfactor = 50);
+CREATE VIEW feedback_counter_freshness AS
+    SELECT coalesce(extract(epoch FROM clock_timestamp() - min(archived_at)), 0)::float8 AS lag_s,
+           count(*) AS queued_batches, coalesce(sum(events), 0)::bigint AS queued_events
+    FROM feedback_rollup_queue;
+"""
+
+
 MIGRATIONS: list[Migration] = [
     Migration(SERVICE, 1, "archive_counts_offsets", _V1),
     Migration(SERVICE, 2, "c_collation_and_fillfactor", _V2),
@@ -282,4 +317,5 @@ MIGRATIONS: list[Migration] = [
     Migration(SERVICE, 4, "archive_position_exploratory_tags", _V4),
     Migration(SERVICE, 5, "tag_labels_function", _V5),
     Migration(SERVICE, 6, "tag_labels_by_context_tag", _V6),
+    Migration(SERVICE, 7, "archive_guard_and_rollups", _V7),
 ]

@@ -3,20 +3,18 @@
 :class:`PostgresFeedbackStore` runs the domain's units of work
 (:func:`~services.feedback.domain.handle_feedback`, :func:`~services.feedback.domain.handle_tags`)
 inside one transaction each, retrying the whole transaction when Postgres is
-unreachable (restart), or aborts it for a deadlock/serialization failure. Because
-event ids, archive rows, counts and offsets commit together, a retried or
-redelivered batch never counts an event twice.
+unreachable (restart), or aborts it for a deadlock/serialization failure.
 
-Writes are set-based, a handful of statements per batch whatever its size: ids are
-claimed with one ``INSERT .. SELECT unnest(..) ON CONFLICT DO NOTHING RETURNING``; the
-new events go by binary ``COPY`` into a per-connection staging table, from there into
-the archive, and are counted by one ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO
-UPDATE`` per counter table (the micro-batch is aggregated inside Postgres, in C: on
-this machine that saves 50-100 µs of Python CPU per event over counting in Python and
-copying ~5.5 counter rows per event). Re-attribution deltas (small) are computed in
-Python and copied to staging tables the same way. Every statement that locks rows
-does so in a fixed table order and in key order, so concurrent workers (overlapping
-listing×tag rows) wait for each other but never deadlock.
+Exactly once without a per-event id claim: the batch's transaction locks and moves its
+partitions' stored offsets (a Kafka redelivery is below them and skipped), and the archive's
+unique key (event_id, ts) drops producer duplicates in the one ``INSERT .. SELECT .. ON
+CONFLICT DO NOTHING`` that moves the batch from its staging table (binary ``COPY``) into
+the archive. Counters are either written by the batch itself (``counters="inline"``: one
+sorted ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE`` per counter table over the
+staged rows, aggregated in SQL) or rolled up later from the archive
+(``counters="rollup"``, :mod:`services.feedback.rollup`), the batch only joining the rollup
+queue in its transaction. Statements that lock counter rows do so in a fixed table order and
+in key order, so concurrent workers wait for each other but never deadlock.
 """
 
 from __future__ import annotations
@@ -29,17 +27,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
 
 import orjson
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from services.feedback import sql
 from services.feedback.domain import (
     COUNTER_FIELDS,
-    PENDING_TAG,
-    REVENUE_SCALE,
     ArchiveRow,
     Consumed,
     Deltas,
@@ -55,138 +53,8 @@ from services.feedback.domain import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_PARTITION_LOCK_KEY = 0x66656564626B  # "feedbk": serialises partition creation across workers
-
-_ARCHIVE_COLUMNS = (
-    "event_id, user_id, listing_id, type, context_tag_id, quantity, price, revenue, ts, tag_ids,"
-    " src_partition, src_offset, position"
-)
-_ARCHIVE_TYPES = [
-    "text", "text", "text", "text", "text", "int4", "float8", "numeric", "timestamptz", "text[]",
-    "int4", "int8", "int4",
-]  # fmt: skip
-
-_COUNT_TABLES = {
-    # attribute of Deltas -> (table, key columns, key types). Every transaction writes the tables in
-    # this order (and each in key order), so concurrent ones never deadlock. User tables first: their
-    # rows are disjoint between writers of different partitions (feedback is keyed by user), so those
-    # upserts run in parallel; only the shared listing rows at the end make writers wait on each other.
-    "user": ("feedback_user_tag_counts", ("user_id", "tag_id"), ("text", "text")),
-    "listing": ("feedback_listing_tag_counts", ("listing_id", "tag_id"), ("text", "text")),
-    "listing_hourly": (
-        "feedback_listing_tag_hourly",
-        ("listing_id", "tag_id", "hour"),
-        ("text", "text", "timestamptz"),
-    ),
-}
-
-
-def _stage_name(table: str) -> str:
-    return f"_stage_{table}"
-
-
-def _stage_ddl(table: str, keys: Sequence[str], key_types: Sequence[str]) -> str:
-    cols = [f"{k} {t}" for k, t in zip(keys, key_types, strict=True)] + [f"{c} int8" for c in COUNTER_FIELDS]
-    # Per connection, emptied at every commit: the batch's deltas go here by binary COPY.
-    return f"CREATE TEMP TABLE IF NOT EXISTS {_stage_name(table)} ({', '.join(cols)}) ON COMMIT DELETE ROWS"
-
-
-def _upsert_sql(table: str, keys: Sequence[str], key_types: Sequence[str]) -> bytes:
-    cols = [*keys, *COUNTER_FIELDS]
-    # Revenue travels as integer 1/10_000 units (exact, and no Decimal objects on the hot path).
-    values = [*keys, *(f"{c}::numeric / {REVENUE_SCALE}" if c == "revenue" else c for c in COUNTER_FIELDS)]
-    order = ", ".join(keys)
-    sets = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in COUNTER_FIELDS)
-    return (
-        f"INSERT INTO {table} AS t ({', '.join(cols)}) SELECT {', '.join(values)} FROM {_stage_name(table)}"
-        f" ORDER BY {order} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}, updated_at = now()"
-    ).encode()
-
-
-def _recount_sql(owner: str, hourly: bool, source: str = "feedback_events") -> str:
-    """Counters per (owner, tag[, hour]) of archived rows in ``source`` (a pending event counts once
-    under the pending tag). The one definition of counting in SQL: the batch upserts use it on the rows
-    just archived, the audit on the whole archive; :func:`services.feedback.domain.count_rows` is the
-    same in Python (tests check they agree)."""
-    hour = ", date_trunc('hour', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'" if hourly else ""
-    keys = f"{owner}, tag" + hour
-    return f"""
-        SELECT {keys},
-            count(*), count(*) FILTER (WHERE type = 'impression'), count(*) FILTER (WHERE type = 'click'),
-            count(*) FILTER (WHERE type = 'add_to_cart'), count(*) FILTER (WHERE type = 'purchase'),
-            coalesce(sum(quantity) FILTER (WHERE type = 'purchase'), 0),
-            coalesce(sum(revenue) FILTER (WHERE type = 'purchase'), 0),
-            count(*) FILTER (WHERE type = 'tag_accept'), count(*) FILTER (WHERE type = 'tag_reject')
-        FROM {source}, unnest(coalesce(tag_ids, ARRAY['{PENDING_TAG}'])) AS tag
-        GROUP BY {keys}"""
-
-
-_STAGE_EVENTS = "_stage_feedback_events"
-_ARCHIVE_FROM_STAGE = (
-    f"INSERT INTO feedback_events ({_ARCHIVE_COLUMNS}) SELECT {_ARCHIVE_COLUMNS} FROM {_STAGE_EVENTS}"
-).encode()
-
-
-def _count_from_stage_sql(table: str, keys: Sequence[str]) -> bytes:
-    order = ", ".join(str(i + 1) for i in range(len(keys)))
-    sets = ", ".join(f"{c} = t.{c} + excluded.{c}" for c in COUNTER_FIELDS)
-    select = _recount_sql(keys[0], hourly="hour" in keys, source=_STAGE_EVENTS)
-    return (
-        f"INSERT INTO {table} AS t ({', '.join([*keys, *COUNTER_FIELDS])}) {select} ORDER BY {order}"
-        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}, updated_at = now()"
-    ).encode()
-
-
-_UPSERTS = {attr: _upsert_sql(*spec) for attr, spec in _COUNT_TABLES.items()}
-_COUNT_FROM_STAGE = [_count_from_stage_sql(table, keys) for table, keys, _ in _COUNT_TABLES.values()]
-_STAGE_DDL = ";".join(
-    [
-        # Each batch aggregates ~30k (owner, tag) rows in SQL; at the default 4 MB the hash
-        # aggregate and the lock-order sort spill to disk.
-        "SET work_mem = '64MB'",
-        *(_stage_ddl(*spec) for spec in _COUNT_TABLES.values()),
-        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE_EVENTS} (LIKE feedback_events INCLUDING DEFAULTS)"
-        " ON COMMIT DELETE ROWS",
-    ]
-).encode()
-_STAGE_COPY = {
-    attr: (
-        f"COPY {_stage_name(spec[0])} FROM STDIN (FORMAT BINARY)".encode(),
-        [*spec[2], *(["int8"] * len(COUNTER_FIELDS))],
-    )
-    for attr, spec in _COUNT_TABLES.items()
-}
-
-_SET_TAGS_SQL = b"""
-WITH u AS (
-    SELECT x.listing_id, ARRAY(SELECT jsonb_array_elements_text(x.tags)) AS tag_ids, x.deleted,
-           x.model_version, x.p, x.o,
-           CASE WHEN x.ex IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(x.ex)) END AS exploratory_tag_ids
-    FROM jsonb_to_recordset(%s::jsonb)
-         AS x(listing_id text, tags jsonb, deleted boolean, model_version text, p integer, o bigint, ex jsonb)
-    ORDER BY x.listing_id
-)
-INSERT INTO feedback_listing_tags AS t
-    (listing_id, tag_ids, deleted, model_version, src_partition, src_offset, exploratory_tag_ids)
-SELECT listing_id, tag_ids, deleted, model_version, p, o, exploratory_tag_ids FROM u
-ON CONFLICT (listing_id) DO UPDATE
-    SET tag_ids = excluded.tag_ids, deleted = excluded.deleted, model_version = excluded.model_version,
-        exploratory_tag_ids = excluded.exploratory_tag_ids,
-        src_partition = excluded.src_partition, src_offset = excluded.src_offset, updated_at = now()
-    -- A redelivered older record must not overwrite newer tags.
-    WHERE t.src_offset IS NULL OR t.src_partition IS DISTINCT FROM excluded.src_partition
-          OR t.src_offset < excluded.src_offset
-RETURNING listing_id
-"""
-
-_TAKE_PENDING_SQL = b"""
-UPDATE feedback_events e
-SET tag_ids = ARRAY(SELECT jsonb_array_elements_text(x.t)), attributed_at = now()
-FROM jsonb_to_recordset(%s::jsonb) AS x(l text, t jsonb)
-WHERE e.listing_id = x.l AND e.tag_ids IS NULL
-RETURNING e.user_id, e.listing_id, e.type, e.quantity, e.revenue, e.ts
-"""
+CounterMode = Literal["inline", "rollup"]
+_ZERO = Decimal(0)
 
 
 def day_bounds(d: date) -> tuple[datetime, datetime]:
@@ -201,19 +69,16 @@ def partition_name(d: date) -> str:
 class PostgresUnitOfWork:
     """:class:`~services.feedback.domain.FeedbackUnitOfWork` on one open transaction."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], counters: CounterMode = "inline") -> None:
         self.conn = conn
+        self.counters = counters
 
-    async def claim_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        if not event_ids:
-            return set()
-        cur = await self.conn.execute(
-            b"INSERT INTO feedback_event_ids (event_id) SELECT unnest(%s::text[]) ORDER BY 1"
-            b" ON CONFLICT DO NOTHING RETURNING event_id",
-            (list(event_ids),),
-            binary=True,
-        )
-        return {r[0] for r in await cur.fetchall()}
+    async def lock_offsets(self, group: str, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        if not partitions:
+            return {}
+        keys = sorted(partitions)
+        cur = await self.conn.execute(sql.LOCK_OFFSETS, (group, [k[0] for k in keys], [k[1] for k in keys]))
+        return {(t, p): o for t, p, o in await cur.fetchall()}
 
     async def listing_tags(self, listing_ids: Sequence[str]) -> dict[str, TagIds | None]:
         cur = await self.conn.execute(
@@ -241,63 +106,60 @@ class PostgresUnitOfWork:
                 found[lid] = tuple(tags) if tags is not None else None
         return found
 
-    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> None:
-        """COPY the rows into a staging table; from there into the archive and, aggregated, the counters.
-
-        Counting in SQL keeps the per-key work (about 8 counter rows per event before the batch's
-        keys collapse) out of Python.
-        """
+    async def archive_and_count(self, rows: Sequence[ArchiveRow]) -> int:
+        """Binary COPY into the staging table; one statement moves it into the archive (dropping producer
+        duplicates); then counted from the stage in SQL, or queued for the rollup."""
         async with self.conn.cursor() as cur:
-            copy_sql = f"COPY {_STAGE_EVENTS} ({_ARCHIVE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-            async with cur.copy(copy_sql.encode()) as copy:
-                copy.set_types(_ARCHIVE_TYPES)
+            async with cur.copy(sql.COPY_STAGE_EVENTS) as copy:
+                copy.set_types(sql.ARCHIVE_TYPES)
+                write = copy.write_row
+                arrays: dict[TagIds, list[str]] = {}  # psycopg dumps lists, not tuples; a listing's tags repeat
                 for r in rows:
                     ev = r.event
-                    await copy.write_row(
+                    tags = r.tag_ids
+                    if tags is not None:
+                        tags_list = arrays.get(tags)
+                        if tags_list is None:
+                            tags_list = arrays[tags] = list(tags)
+                    await write(
                         (
-                            ev.event_id,
-                            ev.user_id,
-                            ev.listing_id,
-                            ev.type.value,
-                            ev.tag_id,
-                            ev.quantity,
-                            ev.price,
-                            revenue_decimal(r.revenue),
-                            ev.ts,
-                            list(r.tag_ids) if r.tag_ids is not None else None,
-                            r.partition,
-                            r.offset,
-                            ev.position,
+                            ev.event_id, ev.user_id, ev.listing_id, str(ev.type), ev.tag_id, ev.quantity, ev.price,
+                            revenue_decimal(r.revenue) if r.revenue else _ZERO, ev.ts,
+                            tags_list if tags is not None else None, r.partition, r.offset, ev.position,
                         )
-                    )
-            await cur.execute(_ARCHIVE_FROM_STAGE)
-            for sql in _COUNT_FROM_STAGE:
-                await cur.execute(sql)
+                    )  # fmt: skip
+            rollup = self.counters == "rollup"
+            await cur.execute(sql.archive_from_stage_sql(queue=rollup))
+            row = await cur.fetchone()
+            archived = int(row[0]) if row else 0
+            if rollup or not archived:
+                return archived
+            if archived < len(rows):
+                await cur.execute(sql.DROP_DUPLICATES_FROM_STAGE)
+            for statement in sql.COUNT_FROM_STAGE:
+                await cur.execute(statement)
+            return archived
 
     async def add_counts(self, deltas: Deltas) -> None:
         """Binary COPY of the deltas into per-connection staging tables, then one upsert per table."""
-        for attr, sql in _UPSERTS.items():
+        for attr, statement in sql.UPSERTS.items():
             table: dict[tuple[Any, ...], list[int]] = getattr(deltas, attr)
             if not table:
                 continue
-            copy_sql, types = _STAGE_COPY[attr]
+            copy_sql, types = sql.STAGE_COPY[attr]
             async with self.conn.cursor() as cur:
                 async with cur.copy(copy_sql) as copy:
                     copy.set_types(types)
                     for key in sorted(table):  # sorted: upserts lock rows in key order, no deadlocks
                         await copy.write_row((*key, *table[key]))
-                await cur.execute(sql)
+                await cur.execute(statement)
 
     async def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
         if not offsets:
             return
         keys = sorted(offsets)
         await self.conn.execute(
-            b'INSERT INTO feedback_offsets AS o (consumer_group, topic, partition, "offset")'
-            b" SELECT %s, * FROM unnest(%s::text[], %s::int4[], %s::int8[]) ORDER BY 2, 3"
-            b" ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
-            b' SET "offset" = GREATEST(o."offset", excluded."offset"), updated_at = now()',
-            (group, [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys]),
+            sql.SAVE_OFFSETS, (group, [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys])
         )
 
     async def set_listing_tags(self, updates: Sequence[TagUpdate]) -> list[TagUpdate]:
@@ -316,7 +178,7 @@ class PostgresUnitOfWork:
                 for u in updates
             ]
         ).decode()
-        cur = await self.conn.execute(_SET_TAGS_SQL, (payload,))
+        cur = await self.conn.execute(sql.SET_TAGS, (payload,))
         applied = {r[0] for r in await cur.fetchall()}
         return [u for u in updates if u.listing_id in applied]
 
@@ -328,10 +190,15 @@ class PostgresUnitOfWork:
         waiting = sorted(r[0] for r in await cur.fetchall())
         if not waiting:
             return []
+        # No rollup step may run between this UPDATE and our commit (it would count a row under the
+        # pending tag that we think is still queued, or the other way round).
+        await self.conn.execute(b"SELECT pg_advisory_xact_lock(%s)", (sql.ROLLUP_LOCK_KEY,))
         payload = orjson.dumps([{"l": lid, "t": list(tags_by_listing[lid])} for lid in waiting]).decode()
-        cur = await self.conn.execute(_TAKE_PENDING_SQL, (payload,))
+        cur = await self.conn.execute(sql.TAKE_PENDING, (payload,))
         moved: list[tuple[Fact, TagIds]] = []
-        for user_id, listing_id, type_, quantity, revenue, ts in await cur.fetchall():
+        for user_id, listing_id, type_, quantity, revenue, ts, queued in await cur.fetchall():
+            if queued:
+                continue  # not counted yet: its rollup counts it under the new tags
             fact = Fact(user_id, listing_id, type_, quantity, int(revenue.scaleb(4)), ts)
             moved.append((fact, tags_by_listing[listing_id]))
         return moved
@@ -357,13 +224,24 @@ class PostgresFeedbackStore:
         An opened :class:`psycopg_pool.AsyncConnectionPool` (see :func:`shared.db.async_pool`).
     group
         Consumer group whose offsets are stored with the counts.
+    counters
+        ``"inline"``: each batch adds its counts in its own transaction; ``"rollup"``: batches are
+        queued and their counts added by :func:`services.feedback.rollup.rollup_step` (run by the worker).
     retry_s
         First wait after a failed transaction; doubles up to ``max_retry_s``.
     """
 
-    def __init__(self, pool: AsyncConnectionPool, group: str, retry_s: float = 0.2, max_retry_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        group: str,
+        retry_s: float = 0.2,
+        max_retry_s: float = 5.0,
+        counters: CounterMode = "inline",
+    ) -> None:
         self.pool = pool
         self.group = group
+        self.counters = counters
         self.retry_s = retry_s
         self.max_retry_s = max_retry_s
         self.stats = StoreStats()
@@ -375,11 +253,11 @@ class PostgresFeedbackStore:
     async def unit_of_work(self) -> AsyncIterator[PostgresUnitOfWork]:
         async with self.pool.connection() as conn:
             if conn not in self._staged:
-                await conn.execute(_STAGE_DDL)
+                await conn.execute(sql.STAGE_DDL)
                 await conn.commit()
                 self._staged.add(conn)
             async with conn.transaction():
-                yield PostgresUnitOfWork(conn)
+                yield PostgresUnitOfWork(conn, self.counters)
 
     async def record_feedback(
         self, batch: Sequence[Consumed], offsets: Mapping[tuple[str, int], int] | None = None
@@ -426,7 +304,7 @@ class PostgresFeedbackStore:
 
         async def work() -> None:
             async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK_KEY,))
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.PARTITION_LOCK_KEY,))
                 for d in missing:
                     lo, hi = day_bounds(d)
                     await conn.execute(
@@ -461,15 +339,16 @@ def recount_mismatches(url: str) -> dict[str, int]:
     """Rows where a count table differs from a recount from the archive (all zero when exact).
 
     An audit, not a hot path: blocking, full scans. Rows whose counters are all zero
-    (pending counts moved away) are ignored.
+    (pending counts moved away) are ignored, and so are batches still waiting for their rollup
+    (one statement per table: counters and queue are read in one snapshot).
     """
     out: dict[str, int] = {}
     counters = ", ".join(COUNTER_FIELDS)
     nonzero = " OR ".join(f"{c} <> 0" for c in COUNTER_FIELDS)
     with psycopg.connect(url) as conn:
-        for table, keys, _ in _COUNT_TABLES.values():
+        for table, keys, _ in sql.COUNT_TABLES.values():
             owner = keys[0]
-            recount = _recount_sql(owner, hourly="hour" in keys)
+            recount = sql.recount_sql(owner, hourly="hour" in keys, source=sql.COUNTED_ARCHIVE)
             stored = f"SELECT {', '.join(keys)}, {counters} FROM {table} WHERE {nonzero}"
             row = conn.execute(
                 f"SELECT (SELECT count(*) FROM ({stored} EXCEPT {recount}) a)"
@@ -482,7 +361,9 @@ def recount_mismatches(url: str) -> dict[str, int]:
 def prune_event_ids(url: str, older_than: datetime) -> int:
     """Forget the ids of events that happened and were archived before ``older_than``; returns how many.
 
-    ``feedback_event_ids`` is the exactly-once guard and otherwise grows by one btree entry
+    Since migration 7 the duplicate guard is the archive's unique key (event_id, ts), which goes
+    with its day partitions, and ``feedback_event_ids`` is no longer written; this empties what
+    workers before it left there. It was the exactly-once guard and grew by one btree entry
     per event forever. A redelivery (consumer restart, rebalance, producer retry) comes
     from the ``feedback`` topic, so ids older than the topic's retention (plus a margin)
     can no longer arrive twice; pick ``older_than`` accordingly. An event both older by

@@ -37,16 +37,20 @@ def run_cmd(
     serve: Annotated[bool, typer.Option(help="Also serve the HTTP API from the live model.")] = False,
 ) -> None:
     """Run the online learner until SIGTERM/SIGINT."""
-    import logging
     import signal
 
     from services.learner.api import LockedView, create_app
     from services.learner.health import LearnerHealth
     from services.learner.main import ModelLock, run
+    from shared.log_setup import configure_logging
+    from shared.preflight import require_kafka, require_postgres
     from shared.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    # The learner retries a missing broker forever: say once, plainly, what is not there.
+    require_kafka(settings.kafka)
+    require_postgres(settings.database_url)
+    configure_logging(settings)
     ls = settings.learner
     stop = threading.Event()
     shared = ModelLock()
@@ -64,10 +68,13 @@ def serve_cmd() -> None:
     """Serve the API over the learner's latest checkpoint (reloaded when a newer one is saved)."""
     from services.learner.api import CheckpointView, create_app
     from services.learner.checkpoint import PostgresCheckpoints
+    from shared.preflight import require_postgres
     from shared.settings import Settings
 
-    ls = Settings().learner
-    repo = PostgresCheckpoints(Settings().database_url, ls.name)
+    settings = Settings()
+    ls = settings.learner
+    require_postgres(settings.database_url)
+    repo = PostgresCheckpoints(settings.database_url, ls.name)
     repo.migrate()
     view = CheckpointView(repo)
     view.refresh()

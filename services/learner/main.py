@@ -33,6 +33,7 @@ from services.learner.settings import LearnerSettings
 from services.learner.writer import CheckpointError, CheckpointWriter
 from shared.dead_letters import dead_letter_for
 from shared.kafka import producer_config
+from shared.log_setup import configure_logging
 from shared.settings import Settings
 
 log = logging.getLogger("tagloop.learner")
@@ -159,11 +160,11 @@ def final_checkpoint(
 
 def main() -> None:
     """Entry point of ``python -m services.learner.main``: run until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     settings = Settings()
+    configure_logging(settings)
     final = run(settings, settings.learner, stop,
                 on_checkpoint=lambda cp_id, stats: log.info("checkpoint %s %s", cp_id, stats))
     log.info("stopped at checkpoint %s", final.id)

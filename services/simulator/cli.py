@@ -8,6 +8,9 @@ import typer
 from rich.progress import Progress
 
 from services.simulator.listings import flipkart_records, listing_from_record, produce_listings
+from shared.catalog.readers import locate_catalog
+from shared.cli_errors import kafka_unreachable
+from shared.preflight import require_kafka
 from shared.settings import Settings
 
 
@@ -23,13 +26,14 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
     ) -> None:
         """Stream real Flipkart listings to the listings topic as ListingEvents."""
         settings = Settings()
-        data_dir = settings.data_dir
-        if data is not None:
-            # Accept the CSV itself or the folder holding flipkart/.
-            data_dir = data.parent.parent if data.is_file() else (data.parent if data.name == "flipkart" else data)
+        # The data folder, its flipkart/ folder or products.csv.gz; a wrong path is named as given.
+        data_dir = locate_catalog(data or settings.data_dir, "flipkart")
         records = list(flipkart_records(data_dir, limit))
+        require_kafka(settings.kafka)
         with Progress() as progress:
             task = progress.add_task("listings", total=len(records))
             n = produce_listings(settings, (listing_from_record(r) for r in records), rate,
                                  on_sent=lambda _l: progress.advance(task))
+        if n < len(records):  # the producer gave up waiting: the broker went away mid-way
+            raise kafka_unreachable(settings.kafka.bootstrap_servers, f"{n} of {len(records)} listings delivered")
         typer.echo(f"delivered {n} listings to {settings.topics.listings}")

@@ -15,5 +15,11 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         """Run one tagger process (options: --group-id --batch-size --max-wait-ms --max-inflight
         --transactional --http-port --listings-topic --model-version)."""
         from services.tagger.main import main as tagger_main
+        from shared.preflight import require_kafka, require_triton
+        from shared.settings import Settings
 
+        # The tagger connects lazily and retries: without this a missing stack shows as retry logs.
+        settings = Settings()
+        require_kafka(settings.kafka)
+        require_triton(settings.triton)
         tagger_main(list(ctx.args))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.events import DecodeError, ListingEvent, ListingOp, Tag, TagEvent, decode_record, encode
+from shared.tagmodel.localize import localize_tags
 
 # The model reads at most this much of a listing (title first): tokenisers truncate far below it,
 # and a multi-megabyte description must not travel to Triton (gRPC caps messages at 4 MB).
@@ -142,10 +143,14 @@ def plan_batch(
 def tag_record(
     topic: str, item: ToTag, tags: list[Tag], model_name: str, model_version: str
 ) -> OutRecord:
-    """The TagEvent record for one listing version: identical for identical input and model."""
+    """The TagEvent record for one listing version: identical for identical input and model.
+
+    Tags are named in the listing's locale (:func:`shared.tagmodel.localize.localize_tags`: Chinese
+    names for a ``zh-*`` listing); their ids never depend on it.
+    """
     event = TagEvent(
         listing_id=item.listing.listing_id,
-        tags=tags,
+        tags=localize_tags(tags, item.listing.locale),
         model_name=model_name,
         model_version=model_version,
         source_event_id=item.listing.event_id,

@@ -23,15 +23,16 @@ from typing import Protocol
 import numpy as np
 import psycopg
 
-from shared.events import Tag, TagKind
+from shared.events import Tag
 from shared.model_registry import ModelRegistry
 from shared.model_repository import latest_version, versions
 from shared.settings import Settings, TrainerSettings
-from shared.tagmodel.card import ModelCard, VocabEntry, load_model_card
+from shared.tagmodel.card import ModelCard, load_model_card
 from shared.tagmodel.decide import ZeroShotTags, exploratory_tags, tags_from_probs
+from shared.tagmodel.explain import explain_tags, explain_zero_shot
 from shared.tagmodel.fingerprint import encoder_fingerprint
-from shared.tagmodel.tag_ids import category_tag_id
-from shared.tagmodel.zero_shot import ZeroShotTagger, label_text
+from shared.tagmodel.head import TagHead
+from shared.tagmodel.zero_shot import ZeroShotTagger, category_entries, label_text
 from shared.taxonomy import load_taxonomy
 from shared.triton_client import AsyncTritonTextClient
 
@@ -85,22 +86,16 @@ async def zero_shot_tagger(
 
 def zero_shot_tags(tagger: ZeroShotTagger, card: ModelCard) -> ZeroShotTags:
     """Cold-start tags of a trained model: the taxonomy categories, scored with the card's calibration."""
-    entries = [
-        VocabEntry(
-            tag_id=category_tag_id(c.path), name=c.full_name, kind=TagKind.CATEGORY, taxonomy_id=c.id,
-            name_zh=" > ".join(c.path_zh), parent=category_tag_id(c.path[:-1]) if c.parent_id else None,
-            level=c.depth,
-        )
-        for c in tagger.categories
-    ]
-    return ZeroShotTags.from_card(card, entries, tagger.label_embeddings)
+    return ZeroShotTags.from_card(card, category_entries(tagger.categories), tagger.label_embeddings)
 
 
 class TritonZeroShotBackend:
     """Encoder on Triton, zero-shot taxonomy tags in process."""
 
-    def __init__(self, client: AsyncTritonTextClient, tagger: ZeroShotTagger, stamp: ModelStamp) -> None:
-        self.client, self.tagger, self.stamp = client, tagger, stamp
+    def __init__(
+        self, client: AsyncTritonTextClient, tagger: ZeroShotTagger, stamp: ModelStamp, explain: bool = False
+    ) -> None:
+        self.client, self.tagger, self.stamp, self.explain = client, tagger, stamp, explain
 
     @classmethod
     async def create(cls, settings: Settings) -> TritonZeroShotBackend:
@@ -109,11 +104,15 @@ class TritonZeroShotBackend:
         version = await client.model_version()
         stamp = ModelStamp(ZERO_SHOT_MODEL_NAME, f"{settings.triton.encoder_model}.v{version}")
         tagger = await zero_shot_tagger(settings, client.infer, f"{stamp.name}:{stamp.version}")
-        return cls(client, tagger, stamp)
+        return cls(client, tagger, stamp, explain=settings.tagger.explain_tags)
 
     async def tag(self, texts: Sequence[str], listing_ids: Sequence[str] | None = None) -> list[list[Tag]]:
         out = await self.client.infer(list(texts))
-        return self.tagger.tag(out["EMBEDDING"])
+        tags = self.tagger.tag(out["EMBEDDING"])
+        if self.explain:
+            labels = {c.id: self.tagger.label_embeddings[i] for i, c in enumerate(self.tagger.categories)}
+            tags = [explain_zero_shot(t, e, labels) for t, e in zip(tags, out["EMBEDDING"], strict=True)]
+        return tags
 
     async def ready(self) -> bool:
         return await self.client.ready()
@@ -127,11 +126,13 @@ class TritonTagModelBackend:
 
     def __init__(
         self, client: AsyncTritonTextClient, version_dir: Path, zero_shot: ZeroShotTagger | None,
-        exploration: TrainerSettings | None = None,
+        exploration: TrainerSettings | None = None, explain: bool = False,
     ) -> None:
         self.client = client
         self.exploration = exploration or TrainerSettings(exploration_share=0.0)
         self.card = load_model_card(version_dir)
+        # The head (numpy) is loaded here only to explain tags: Triton computes the scores.
+        self.head = TagHead.load(version_dir) if explain else None
         # tags_from_probs takes ZeroShotTags (calibrated by the card), not the zero-shot tagger.
         self.zero_shot = zero_shot_tags(zero_shot, self.card) if zero_shot is not None else None
         self.stamp = ModelStamp(self.card.model_name, str(self.card.version))
@@ -146,19 +147,21 @@ class TritonTagModelBackend:
         # and embedding the taxonomy's labels again would take a minute of CPU per version.
         encoder = await asyncio.to_thread(encoder_fingerprint, version_dir)
         zero_shot = await zero_shot_tagger(settings, client.infer, f"{name}:encoder:{encoder}")
-        return cls(client, version_dir, zero_shot, settings.trainer)
+        return cls(client, version_dir, zero_shot, settings.trainer, explain=settings.tagger.explain_tags)
 
     async def tag(self, texts: Sequence[str], listing_ids: Sequence[str] | None = None) -> list[list[Tag]]:
         out = await self.client.infer(list(texts))
         tags = tags_from_probs(out["PROBS"], self.card, embeddings=out["EMBEDDING"], zero_shot=self.zero_shot)
         x = self.exploration
-        if listing_ids is None or x.exploration_share <= 0:
-            return tags
-        salt = f"explore-{self.stamp.version}"
-        for i, lid in enumerate(listing_ids):
-            tags[i] += exploratory_tags(out["PROBS"][i], self.card, lid, {t.tag_id for t in tags[i]},
-                                        x.exploration_share, x.exploration_max_tags_per_listing,
-                                        x.exploration_min_score, salt)
+        if listing_ids is not None and x.exploration_share > 0:
+            salt = f"explore-{self.stamp.version}"
+            for i, lid in enumerate(listing_ids):
+                tags[i] += exploratory_tags(out["PROBS"][i], self.card, lid, {t.tag_id for t in tags[i]},
+                                            x.exploration_share, x.exploration_max_tags_per_listing,
+                                            x.exploration_min_score, salt)
+        if self.head is not None:
+            tags = [explain_tags(t, text, e, self.card, self.head, self.zero_shot)
+                    for t, text, e in zip(tags, texts, out["EMBEDDING"], strict=True)]  # fmt: skip
         return tags
 
     async def ready(self) -> bool:

@@ -18,6 +18,7 @@ from services.tagger.metrics import HealthServer, TaggerMetrics
 from services.tagger.pipeline import TaggerOptions, TaggerPipeline
 from services.tagger.rollout import Rollout, RolloutPlan
 from services.tagger.rollout_watch import RolloutWatcher, build_rollout, read_plan
+from shared.log_setup import configure_logging
 from shared.settings import Settings
 
 log = logging.getLogger("tagloop.tagger")
@@ -43,9 +44,9 @@ async def serve(settings: Settings, options: TaggerOptions, http_port: int | Non
              if options.model_version is None else None)
     health = None
     if http_port is not None:
-        health = HealthServer(metrics, pipeline.ready, "127.0.0.1", http_port)
+        health = HealthServer(metrics, pipeline.ready, settings.ops.host, http_port)
         health.start()
-        log.info("metrics on http://127.0.0.1:%d/metrics", health.port)
+        log.info("metrics on http://%s:%d/metrics", settings.ops.host, health.port)
     try:
         await pipeline.run(stop)
     finally:
@@ -79,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listings-topic", default=None, help="read this topic instead of the listings topic")
     parser.add_argument("--model-version", type=int, default=None, help="tag with this version, ignore the registry")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = TaggerOptions(
         group_id=args.group_id, batch_size=args.batch_size, max_wait_s=args.max_wait_ms / 1000,
         max_inflight=args.max_inflight, transactional=args.transactional, model_version=args.model_version,
     )
     settings = Settings()
+    configure_logging(settings)
     if args.listings_topic:
         settings = settings.model_copy(update={"topics": settings.topics.model_copy(
             update={"listings": args.listings_topic})})

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.ops_http import OpsServer
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -26,7 +26,8 @@ class TaggerMetrics:
             "tagloop_tagger_events_produced", "Tag records produced", ["kind"], registry=r
         )
         self.dead_lettered = Counter(
-            "tagloop_tagger_events_dead_lettered", "Records sent to the dead-letter topic", registry=r
+            "tagloop_tagger_events_dead_lettered", "Records sent to the dead-letter topic, by error class", ["reason"],
+            registry=r,
         )
         self.skipped_unchanged = Counter(
             "tagloop_tagger_events_unchanged", "Updates skipped because the tagged text did not change",
@@ -62,45 +63,12 @@ class TaggerMetrics:
         self.paused = Gauge("tagloop_tagger_paused", "1 while consumption is paused (backpressure)", registry=r)
 
 
-class HealthServer:
-    """Serves /metrics, /healthz (process alive) and /readyz (assigned and Triton up) on loopback."""
+class HealthServer(OpsServer):
+    """/metrics, /healthz (process alive) and /readyz (partitions assigned and Triton up) of a tagger."""
 
     def __init__(self, metrics: TaggerMetrics, ready: Callable[[], bool], host: str, port: int) -> None:
-        registry = metrics.registry
+        def readiness() -> tuple[bool, str]:
+            ok = ready()
+            return ok, "" if ok else "no partitions assigned or Triton circuit open"
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10  # a half-open connection must not hold a thread for ever
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif self.path.startswith("/healthz"):
-                    self._send(200, b"ok\n", "text/plain")
-                elif self.path.startswith("/readyz"):
-                    ok = ready()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # quiet access log
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="tagger-http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(metrics.registry, host, port, ready=readiness, name="tagger-http")

@@ -1,4 +1,5 @@
-"""Schema owned by the tagger: what each tagger process saw of each model version (the canary's health)."""
+"""Schema owned by the tagger: what each tagger process saw of each model version (the canary's
+health), and a small sample of the listings it tagged (the trainer's embedding-drift input)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ MIGRATIONS: list[Migration] = [
             updated_at  timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (tagger_id, model_name, version)
         );
+        """,
+    ),
+    Migration(
+        "tagger",
+        2,
+        "create_tagger_listing_samples",
+        """
+        CREATE TABLE tagger_listing_samples (
+            tagger_id   text        NOT NULL,
+            listing_id  text        NOT NULL,
+            text        text        NOT NULL,
+            sampled_at  timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX tagger_listing_samples_at ON tagger_listing_samples (sampled_at);
         """,
     ),
 ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from services.tagger.core import (
     DEFAULT_MAX_TEXT_CHARS,
@@ -44,6 +44,7 @@ from services.tagger.core import (
     tombstone_record,
 )
 from services.tagger.inference import TagBackend
+from services.tagger.listing_sample import ListingSample
 from services.tagger.metrics import TaggerMetrics
 from services.tagger.resilience import CircuitBreaker, CircuitState, call_with_retry
 from services.tagger.rollout import Rollout, Routed, ShadowResult
@@ -120,6 +121,7 @@ class TaggerPipeline:
         self.metrics = metrics or TaggerMetrics()
         self.breaker = CircuitBreaker(on_change=self._on_circuit)
         self.seen = SeenContent()
+        self.listing_sample = ListingSample(settings.tagger.listing_sample_size)  # the trainer's drift input
         self.inflight: deque[Inflight] = deque()
         self.assigned: set[tuple[str, int]] = set()
         self.paused = False
@@ -174,8 +176,15 @@ class TaggerPipeline:
                 self.seen.forget(item.listing.listing_id)
                 by_record[_key(item.record)] = self._dead_letter(item.record, result)
                 continue
-            by_record[_key(item.record)] = tag_record(topic, item, result.tags, result.stamp.name, result.stamp.version)
+            try:
+                by_record[_key(item.record)] = tag_record(topic, item, result.tags, result.stamp.name,
+                                                          result.stamp.version)
+            except ValidationError as exc:  # the model's output breaks the event contract: never crash on it
+                self.seen.forget(item.listing.listing_id)
+                by_record[_key(item.record)] = self._dead_letter(item.record, exc)
+                continue
             self.metrics.by_version.labels(result.stamp.version).inc()
+            self.listing_sample.offer(item.listing.listing_id, item.text)
             event_ts.append(item.listing.ts.timestamp())
             side = tagged.shadow(item.record.offset, item.record.partition)
             if side is not None:
@@ -234,7 +243,7 @@ class TaggerPipeline:
         The caller closes the old rollout's clients once nothing uses them (at shutdown).
         """
         old, self.rollout = self.rollout, rollout
-        log.info("now tagging with %s", rollout.fingerprint)
+        log.info("now tagging with %s", rollout.fingerprint, extra={"model_version": rollout.fingerprint})
         return old
 
     # -- publish and commit ---------------------------------------------------------
@@ -315,7 +324,9 @@ class TaggerPipeline:
 
     def _count(self, rec: OutRecord) -> None:
         if rec.topic == self.settings.topics.dead_letter:
-            self.metrics.dead_lettered.inc()
+            # By error class (dead letters are rare: decoding one to label it costs nothing that matters).
+            reason = decode(DeadLetter, rec.value).error_class if rec.value is not None else "unknown"
+            self.metrics.dead_lettered.labels(reason).inc()
         else:
             self.metrics.produced.labels("tombstone" if rec.value is None else "tags").inc()
 
@@ -443,6 +454,9 @@ class TaggerPipeline:
         return consumer, producer
 
     def _dead_letter(self, record: RawRecord, error: BaseException) -> OutRecord:
+        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, error,
+                    extra={"listing_id": (record.key or b"").decode(errors="replace"), "topic": record.topic,
+                           "partition": record.partition, "offset": record.offset, "reason": type(error).__name__})
         letter = make_dead_letter(
             topic=record.topic, partition=record.partition, offset=record.offset, key=record.key,
             value=record.value, error=error, service=SERVICE, max_bytes=self.settings.kafka.max_record_bytes,

@@ -5,7 +5,8 @@ champion, and a candidate in ``shadow`` or ``canary``. When that changes it buil
 backends (the candidate must be served by Triton first) and swaps them in between batches:
 batches in flight finish on the versions they started with, so a swap fails no listing.
 It also reports what this tagger saw of each version (requests, errors, p99 latency) to
-``tagger_arm_stats``, which the trainer's canary controller reads.
+``tagger_arm_stats``, which the trainer's canary controller reads, and a sample of the listings
+it tagged to ``tagger_listing_samples`` (the trainer's embedding-drift windows).
 """
 
 from __future__ import annotations
@@ -90,6 +91,22 @@ def report_arms(settings: Settings, rollout: Rollout, model_name: str, me: str) 
         )
 
 
+def report_sample(settings: Settings, sample: list[tuple[str, str]], me: str) -> None:
+    """Append this tagger's listing sample; forget samples older than the retention (blocking)."""
+    if not sample:
+        return
+    with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+        exists = conn.execute("SELECT to_regclass('tagger_listing_samples') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return  # not migrated: nobody reads these yet
+        conn.cursor().executemany(
+            "INSERT INTO tagger_listing_samples (tagger_id, listing_id, text) VALUES (%s, %s, %s)",
+            [(me, listing_id, text) for listing_id, text in sample],
+        )
+        conn.execute("DELETE FROM tagger_listing_samples WHERE sampled_at < now() - %s * interval '1 hour'",
+                     (settings.tagger.listing_sample_retention_h,))
+
+
 class RolloutWatcher:
     """Swaps the pipeline's rollout when the registry changes; closes retired backends at the end."""
 
@@ -116,12 +133,16 @@ class RolloutWatcher:
         """Read the registry once; swap if the plan changed. Returns whether it swapped."""
         try:
             plan = await asyncio.to_thread(read_plan, self.settings)
-            await asyncio.to_thread(
-                report_arms, self.settings, self.pipeline.rollout, self.settings.triton.tag_model, self.me
-            )
         except psycopg.Error as exc:  # the registry is out of reach: keep tagging as we are
             log.warning("model registry unreachable, keeping %s: %s", self.pipeline.rollout.fingerprint, exc)
             return False
+        try:  # reports feed the canary judgement and drift: a failed one must not stop a swap
+            await asyncio.to_thread(
+                report_arms, self.settings, self.pipeline.rollout, self.settings.triton.tag_model, self.me
+            )
+            await asyncio.to_thread(report_sample, self.settings, self.pipeline.listing_sample.drain(), self.me)
+        except psycopg.Error as exc:
+            log.warning("could not report arm counters or the listing sample: %s", exc)
         if plan == self.plan:
             return False
         try:

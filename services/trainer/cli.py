@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -57,11 +57,14 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         from services.trainer.fast_job import quick_train
         from services.trainer.report import evaluate_run
         from services.trainer.train import TrainConfig, train
+        from shared.catalog.readers import Format, locate_catalog
         from shared.settings import Settings
 
         settings = Settings()
+        if format not in get_args(Format):
+            raise typer.BadParameter(f"{format!r} is not one of {', '.join(get_args(Format))}", param_hint="--format")
         config = TrainConfig(
-            data=data or settings.data_dir,
+            data=locate_catalog(data or settings.data_dir, format),  # type: ignore[arg-type]
             format=format,  # type: ignore[arg-type]
             out=out,
             taxonomy=settings.data_dir / "shopify-taxonomy",
@@ -138,7 +141,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         flips: Annotated[int, typer.Option(help="Weighted feedback labels that contradict the catalog.")] = 500,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
-        """Wall time and peak RSS of `train --quick` and of fast jobs (cold and warm embedding cache)."""
+        """Wall time and peak RSS of `train --quick`, fast jobs (cold, warm cache), deep jobs (full, LoRA); a swap."""
         from bench.fast_job import bench_fast_job
         from shared.settings import Settings
 

@@ -42,7 +42,7 @@ from services.trainer.evaluate import tag_metrics
 from services.trainer.export import BASE_ENCODER, ReusedEncoder, TorchEncoder, VersionSpec, write_version
 from services.trainer.head import fit_head
 from services.trainer.job_input import FastJobInput, dataset_fingerprint, label_arrays, records_from_catalog
-from services.trainer.split import group_split
+from services.trainer.split import Split, group_split
 from services.trainer.thresholds import fit_temperature, fit_zero_shot, tune_thresholds
 from services.trainer.train import TrainConfig, prepare, tag_texts
 from shared.catalog.records import Record
@@ -75,6 +75,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=np.float64)
 
 
+def job_split(job: FastJobInput, config: TrainConfig) -> Split:
+    """The leak-free split of the job's records (by title) that the head fit and its measurement use."""
+    records = [Record(r.listing_id, r.text, ()) for r in job.records]
+    return group_split(records, config.val_frac, config.test_frac, config.seed)
+
+
 def fit_version(
     job: FastJobInput,
     vocab: Sequence[VocabEntry],
@@ -100,8 +106,7 @@ def fit_version(
     arrays = label_arrays(job, vocab)
     y, mask, weight = arrays.y, arrays.mask, arrays.weight
     texts = [r.text for r in job.records]
-    split = group_split([Record(r.listing_id, r.text, ()) for r in job.records],
-                        config.val_frac, config.test_frac, config.seed)  # fmt: skip
+    split = job_split(job, config)
     train, val, test = split.train, split.val, split.test
     if not train:
         raise ValueError("no training rows: the job's records all fall on the validation or test side")
@@ -127,9 +132,14 @@ def fit_version(
         config.target_precision, config.threshold_min_positives, config.min_threshold,
     )  # fmt: skip
     zero_shot = (0.5, 20.0)
-    if known_val.any():
+    # Only listings with a complete tag set say how similarity relates to "has the tag": a
+    # feedback-only listing's known cells are mostly the tags it was shown (positives), which
+    # would calibrate zero-shot to fire on nearly every category.
+    complete = np.array([r.tag_ids is not None for r in job.records], dtype=bool)
+    known_zero_shot = known_val * complete[val][:, None]
+    if known_zero_shot.any():
         sims = emb[val].astype(np.float64) @ tag_emb.T.astype(np.float64)
-        zero_shot = fit_zero_shot(sims, y[val], known_val)
+        zero_shot = fit_zero_shot(sims, y[val], known_zero_shot)
     probs_test = _sigmoid(head.logits([texts[i] for i in test], emb[test]) / temperature)
     pred, _ = close_hierarchy(probs_test >= thresholds, probs_test, parent_index(vocab))
     metrics: dict[str, Any] = tag_metrics(y[test], pred, mask[test], vocab)
@@ -240,23 +250,46 @@ def run_fast_job(
                              embedding_weight=config.pretrained_head_embedding_weight, timings=timings)  # fmt: skip
         source, base = _pretrained_torch_encoder(len(vocab)), None
 
-    metrics = {**fitted.metrics, "job": {"kind": "fast", "id": job_id, "base_version": base}}
+    job_metrics: dict[str, Any] = {"kind": "fast", "id": job_id, "base_version": base}
     if cache is not None:
-        metrics["job"].update(embeddings_cached=cache.hits, embeddings_computed=cache.misses)
-    started = time.perf_counter()
+        job_metrics.update(embeddings_cached=cache.hits, embeddings_computed=cache.misses)
+    reason = f"fast job {job_id}: head refit on version {base}" if base else f"fast job {job_id}: pretrained"
+    return publish_candidate(repository, model_name, fitted, source, job_metrics, registry=registry, reason=reason,
+                             timings=timings, started=total)  # fmt: skip
+
+
+def publish_candidate(
+    repository: Path,
+    model_name: str,
+    fitted: FittedVersion,
+    source: ReusedEncoder | TorchEncoder,
+    job_metrics: dict[str, Any],
+    *,
+    registry: ModelRegistry | None,
+    reason: str,
+    timings: dict[str, float],
+    started: float,
+) -> FastJobResult:
+    """Export ``fitted`` with ``source`` as the next version (metrics under ``"job"``); register it as candidate.
+
+    The last step of every job kind (fast, deep): one export path, one registry row.
+    ``job_metrics`` must hold ``id``; ``started`` is the job's ``time.perf_counter()`` start.
+    """
+    job_id = str(job_metrics["id"])
+    metrics = {**fitted.metrics, "job": job_metrics}
+    export_started = time.perf_counter()
     spec = replace(fitted.spec, metrics=metrics)
     path = write_version(repository, model_name, spec, source)
-    timings["export_s"] = round(time.perf_counter() - started, 2)
+    timings["export_s"] = round(time.perf_counter() - export_started, 2)
     fingerprint = str(spec.calibration["fingerprint"])
     version = int(path.name)
     registered = None
     if registry is not None:
         registered = registry.register(
             model_name, version, status=ModelStatus.CANDIDATE, training_job_id=job_id,
-            dataset_fingerprint=fingerprint, metrics=metrics,
-            reason=f"fast job {job_id}: head refit on version {base}" if base else f"fast job {job_id}: pretrained",
+            dataset_fingerprint=fingerprint, metrics=metrics, reason=reason,
         )  # fmt: skip
-    timings["total_s"] = round(time.perf_counter() - total, 2)
+    timings["total_s"] = round(time.perf_counter() - started, 2)
     return FastJobResult(job_id, version, path, fingerprint, metrics, registered, timings)
 
 

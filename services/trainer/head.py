@@ -1,8 +1,9 @@
 """Fitting the tag head (:class:`shared.tagmodel.head.TagHead`): one linear SVM per tag.
 
-The head reads word 1-2 gram TF-IDF of the text and the L2-normalised fine-tuned (frozen)
-embedding, weighted by ``embedding_weight``; see :mod:`shared.tagmodel.head` for why both, and
-for the numpy inference that serves it. Training-only: scikit-learn is imported here, never
+The head reads TF-IDF of the text's terms (word 1-2 grams, character 1-2 grams inside CJK runs:
+:mod:`shared.tagmodel.analyzer`) and the L2-normalised fine-tuned (frozen) embedding, weighted
+by ``embedding_weight``; see :mod:`shared.tagmodel.head` for why both, and for the numpy
+inference that serves it. Training-only: scikit-learn is imported here, never
 in serving.
 """
 
@@ -13,19 +14,35 @@ from typing import Any
 
 import numpy as np
 
+from shared.tagmodel.analyzer import DEFAULT_ANALYZER, WORDS, analyzer_name
+from shared.tagmodel.analyzer import analyzer as analyzer_fn
 from shared.tagmodel.head import Lexicon, TagHead
 
 
-def word_tfidf() -> Any:
-    """The scikit-learn vectorizer whose features :class:`Lexicon` reproduces (also the baseline's)."""
+def word_tfidf(analyzer: str = DEFAULT_ANALYZER) -> Any:
+    """The scikit-learn vectorizer whose features :class:`Lexicon` reproduces (also the baseline's).
+
+    ``analyzer`` names a function of :mod:`shared.tagmodel.analyzer` (the default: word 1-2 grams,
+    character 1-2 grams inside CJK runs); serving calls the same function on the same text.
+    """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
+    return TfidfVectorizer(analyzer=analyzer_fn(analyzer), sublinear_tf=True)
 
 
 def lexicon_from_vectorizer(vec: Any) -> Lexicon:
-    """The terms and idf of a fitted :func:`word_tfidf`."""
-    return Lexicon({t: int(i) for t, i in vec.vocabulary_.items()}, np.asarray(vec.idf_, dtype=np.float64))
+    """The terms, idf and analyser name of a fitted :func:`word_tfidf`.
+
+    A vectorizer with scikit-learn's own word analyser (``ngram_range=(1, 2)``) gives a lexicon of
+    the legacy word analyser, which computes the same terms.
+    """
+    if callable(vec.analyzer):
+        name = analyzer_name(vec.analyzer)
+    elif vec.analyzer == "word" and tuple(vec.ngram_range) == (1, 2) and vec.lowercase:
+        name = WORDS
+    else:
+        raise ValueError(f"no serving analyser reproduces analyzer={vec.analyzer!r}, ngram_range={vec.ngram_range}")
+    return Lexicon({t: int(i) for t, i in vec.vocabulary_.items()}, np.asarray(vec.idf_, dtype=np.float64), name)
 
 
 def fit_head(
@@ -37,8 +54,12 @@ def fit_head(
     embedding_weight: float = 1.0,
     seed: int = 0,
     weights: np.ndarray | None = None,
+    analyzer: str = DEFAULT_ANALYZER,
 ) -> TagHead:
     """One ``LinearSVC`` per tag on ``[tfidf, embedding_weight * embedding]``; masked rows left out.
+
+    ``analyzer`` picks the lexical block's terms (:mod:`shared.tagmodel.analyzer`); the fitted
+    lexicon records it, so serving reproduces it.
 
     ``weights`` (``[n, n_tags]``, optional) weighs each (row, tag) example in its tag's SVM
     (``sample_weight``: a merchant's judgement counts more than a shopper's click); rows of
@@ -48,7 +69,7 @@ def fit_head(
     import scipy.sparse as sp
     from sklearn.svm import LinearSVC
 
-    vec = word_tfidf()
+    vec = word_tfidf(analyzer)
     lexical_x = vec.fit_transform(texts)
     lexicon = lexicon_from_vectorizer(vec)
     emb = np.asarray(embeddings, dtype=np.float64)

@@ -15,7 +15,7 @@ import numpy as np
 from shared.catalog.records import ATTRIBUTE_SEP, CATEGORY_SEP, Record
 from shared.events import TagKind
 from shared.tagmodel.card import VocabEntry
-from shared.tagmodel.tag_ids import attribute_tag_id, category_tag_id
+from shared.tagmodel.tag_ids import attribute_tag_id, category_tag_id, words
 from shared.taxonomy import Attribute, Category, Taxonomy
 
 # Flipkart key -> Shopify attribute handle, where the names differ.
@@ -136,6 +136,19 @@ _GENERIC_WORDS = frozenset({"accessory", "supply", "supplie", "other", "need", "
 _NON_PRODUCT_ROOTS = frozenset({"Services"})
 
 
+def _has_cjk(name: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in name)
+
+
+def _zh_tokens(name: str) -> tuple[str, ...]:
+    return tuple(words(name))
+
+
+def _name_key(name: str) -> tuple[str, ...]:
+    """What a category name is matched on: English words (singular), or a Chinese name's own words."""
+    return ("\x00zh", *_zh_tokens(name)) if _has_cjk(name) else _norm_tokens(name)
+
+
 def _match_category(path: Sequence[str], ancestor_tax: str | None, by_name: dict, tax: Taxonomy) -> str | None:
     """The taxonomy category named like ``path[-1]`` that fits the tag's ancestors, or None.
 
@@ -144,19 +157,23 @@ def _match_category(path: Sequence[str], ancestor_tax: str | None, by_name: dict
     nearest mapped ancestor (``ancestor_tax``). With no mapped ancestor any goods branch may match
     (known false friends remain there, e.g. wallet "Clutches" -> vehicle clutches).
     """
-    leaf = set(_norm_tokens(path[-1]))
-    context = {t for p in path[:-1] for t in _norm_tokens(p)} - leaf - _GENERIC_WORDS
+    chinese = _has_cjk(path[-1])
+    tokens = _zh_tokens if chinese else _norm_tokens
+    leaf = set(tokens(path[-1]))
+    if not leaf:
+        return None
+    context = {t for p in path[:-1] for t in tokens(p)} - leaf - _GENERIC_WORDS
     root_of = ancestor_tax.split("-", 1)[0] if ancestor_tax else None
 
     def ancestor_words(cat: Category) -> set[str]:
-        return {t for p in cat.path[:-1] for t in _norm_tokens(p)}
+        return {t for p in (cat.path_zh if chinese else cat.path)[:-1] for t in tokens(p)}
 
     def fits(cat: Category) -> bool:
         if cat.path[0] in _NON_PRODUCT_ROOTS:
             return False
         return root_of is None or cat.id.split("-", 1)[0] == root_of
 
-    candidates = [c for c in by_name.get(_norm_tokens(path[-1]), []) if fits(c)]
+    candidates = [c for c in by_name.get(_name_key(path[-1]), []) if fits(c)]
     if not candidates:
         return None
 
@@ -177,12 +194,15 @@ def map_to_taxonomy(vocab: Sequence[VocabEntry], tax: Taxonomy) -> list[VocabEnt
 
     Categories match on the (normalised, singularised) leaf name, among taxonomy categories that fit
     the tag's ancestors (see :func:`_match_category`); of several, the one under the nearest mapped
-    ancestor's match, then sharing most ancestor words, wins. Attribute keys match attribute names
+    ancestor's match, then sharing most ancestor words, wins. A Chinese name matches the
+    taxonomy's zh-CN names (NFKC, case-folded words) the same way. Attribute keys match attribute names
     (plus a few aliases such as ``Ideal For`` -> ``target_gender``); values match value names. Unmatched tags keep None.
     """
     by_name: dict[tuple[str, ...], list[Category]] = {}
     for cat in tax.categories.values():
         by_name.setdefault(_norm_tokens(cat.name), []).append(cat)
+        if _has_cjk(cat.name_zh):  # a Chinese catalog's categories match the zh-CN names
+            by_name.setdefault(_name_key(cat.name_zh), []).append(cat)
     out: list[VocabEntry] = []
     mapped: dict[str, str | None] = {}
     paths: dict[str, tuple[str, ...]] = {}

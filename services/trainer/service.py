@@ -25,10 +25,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 
 from services.trainer import jobs
-from services.trainer.embeddings import EmbeddingCache
+from services.trainer.deep_job import DeepOptions, run_deep_job
+from services.trainer.embeddings import EmbeddingCache, VersionEncoder, embed_texts
 from services.trainer.fast_job import base_version_dir, run_fast_job
 from services.trainer.feedback_labels import Label
 from services.trainer.gate import Decision, decide
@@ -86,6 +88,7 @@ class TrainerService:
         self.repository = settings.triton_model_repository
         self.registry = ModelRegistry(settings)
         self.cache = EmbeddingCache(settings.state_dir / "embeddings")
+        self._encoders: dict[Path, VersionEncoder] = {}
 
     def recover(self) -> list[jobs.JobRecord]:
         """On start: jobs a dead trainer left running are marked failed, and a candidate such a job
@@ -113,8 +116,10 @@ class TrainerService:
         return self.run_job(fired[0], fired)
 
     def run_job(self, trigger: Trigger, fired: Sequence[Trigger] = ()) -> TickResult:
-        """One fast job: labels → candidate → gate → canary (or rejected). Serving changes only at the end."""
-        with jobs.start_job(self.settings, "fast", trigger.kind, trigger.reason, dict(trigger.figures),
+        """One job (``TAGLOOP_TRAINER__JOB_KIND``: fast or deep): labels → candidate → gate → canary (or
+        rejected). Serving changes only at the end."""
+        kind = self.settings.trainer.job_kind
+        with jobs.start_job(self.settings, kind, trigger.kind, trigger.reason, dict(trigger.figures),
                             model_name=self.model) as job:
             if job is None:
                 log.info("another trainer runs a job; skipping %s", trigger.kind)
@@ -125,11 +130,16 @@ class TrainerService:
             job_input = self.job_input(train)
             jobs.update_job(job, dataset_fingerprint=None, composition=self.composition(train, recent))
             champion_dir = base_version_dir(self.registry, self.repository, self.model)
-            result = run_fast_job(job_input, self.repository, self.model, base_version_dir=champion_dir,
-                                  registry=self.registry, cache_dir=self.cache.directory, job_id=str(job.id))
+            if kind == "deep":  # the encoder fine-tuned from the champion's, then the same head refit
+                result = run_deep_job(job_input, self.repository, self.model, base_version_dir=champion_dir,
+                                      registry=self.registry, cache_dir=self.cache.directory, job_id=str(job.id),
+                                      options=DeepOptions.from_settings(self.settings.trainer))
+            else:
+                result = run_fast_job(job_input, self.repository, self.model, base_version_dir=champion_dir,
+                                      registry=self.registry, cache_dir=self.cache.directory, job_id=str(job.id))
             jobs.update_job(job, dataset_fingerprint=result.fingerprint, candidate_version=result.version)
             decision = self.gate(result.version_dir, champion_dir, recent)
-            metrics = {"fast_job": result.metrics, "timings": result.timings}
+            metrics = {f"{kind}_job": result.metrics, "timings": result.timings}
             if not decision.blessed:
                 self.registry.set_status(self.model, result.version, ModelStatus.REJECTED,
                                          reason="gate: " + "; ".join(decision.reasons)[:1000])
@@ -209,8 +219,33 @@ class TrainerService:
         reference = self.window_stats(now - timedelta(hours=cfg.drift_reference_window_h),
                                       now - timedelta(hours=cfg.drift_recent_window_h))
         recent = self.window_stats(now - timedelta(hours=cfg.drift_recent_window_h), now)
-        return TriggerSnapshot(now=now, last_job_at=since, last_trigger=last.trigger_kind if last else None,
-                               weighted_labels_since_last_job=weighted, reference=reference, recent=recent)
+        return TriggerSnapshot(
+            now=now, last_job_at=since, last_trigger=last.trigger_kind if last else None,
+            weighted_labels_since_last_job=weighted, reference=reference, recent=recent,
+            reference_embeddings=self.sampled_embeddings(now - timedelta(hours=cfg.drift_reference_window_h),
+                                                         now - timedelta(hours=cfg.drift_recent_window_h)),
+            recent_embeddings=self.sampled_embeddings(now - timedelta(hours=cfg.drift_recent_window_h), now),
+        )
+
+    def sampled_embeddings(self, since: datetime, until: datetime) -> np.ndarray | None:
+        """The champion encoder's embeddings of listings the taggers sampled in a window (drift input);
+        None when too few were sampled for a test or no champion is exported."""
+        cfg = self.settings.trainer
+        with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
+            exists = conn.execute("SELECT to_regclass('tagger_listing_samples') IS NOT NULL").fetchone()
+            if not exists or not exists[0]:
+                return None
+            rows = conn.execute(
+                "SELECT text FROM tagger_listing_samples WHERE sampled_at >= %s AND sampled_at < %s"
+                " ORDER BY random() LIMIT %s", (since, until, cfg.mmd_sample_size)).fetchall()
+        if len(rows) < cfg.mmd_min_samples:
+            return None
+        champion = base_version_dir(self.registry, self.repository, self.model)
+        if champion is None:
+            return None
+        if champion not in self._encoders:  # one ONNX session per champion, not per tick
+            self._encoders = {champion: VersionEncoder(champion)}
+        return embed_texts(self._encoders[champion], [r[0] for r in rows], self.cache)
 
     def window_stats(self, since: datetime, until: datetime) -> WindowStats:
         with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:

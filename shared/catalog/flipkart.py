@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.catalog.records import ATTRIBUTE_SEP, CATEGORY_SEP, Record, join_text, open_text
+from shared.catalog.records import ATTRIBUTE_SEP, CATEGORY_SEP, Record, format_errors, join_text, open_text
 
 # Keys that identify a SKU or measure it rather than describe it: never tags.
 _SKIPPED_KEYS = frozenset(
@@ -35,6 +35,7 @@ _AUDIENCE = {
     "baby": "Baby", "babies": "Baby", "infant": "Baby", "infants": "Baby",
     "kid": "Kids", "kids": "Kids", "unisex": "Unisex",
 }  # fmt: skip
+FLIPKART_FORMAT = "a Flipkart products CSV (gzip)"
 _SPEC_RE = re.compile(r'\{"key"=>"((?:[^"\\]|\\.)*)", "value"=>"((?:[^"\\]|\\.)*)"\}')
 
 
@@ -118,9 +119,10 @@ def read_flipkart(data_dir: Path) -> Iterator[Record]:
     specs: dict[str, dict[str, str]] = {}
     specs_file = flipkart / "products_with_specs.csv.gz"
     if specs_file.exists():
-        with open_text(specs_file) as fh:
+        with format_errors(specs_file, FLIPKART_FORMAT), open_text(specs_file) as fh:
             specs = {row["uniq_id"]: row for row in csv.DictReader(fh)}
-    with open_text(flipkart / "products.csv.gz") as fh:
+    products = flipkart / "products.csv.gz"
+    with format_errors(products, FLIPKART_FORMAT), open_text(products) as fh:
         for row in csv.DictReader(fh):
             uid = row["uniq_id"]
             title = row["product_name"].strip()

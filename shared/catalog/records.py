@@ -12,11 +12,15 @@ specifications are not negatives for attribute tags, so their attribute labels a
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
 import gzip
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -43,6 +47,35 @@ def open_text(path: Path) -> IO[str]:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
+
+
+class CatalogFormatError(ValueError):
+    """A catalog file that cannot be read as the format it was given as."""
+
+    def __init__(self, path: Path, expected: str, reason: str) -> None:
+        super().__init__(f"{path} is not {expected} ({reason})")
+        self.path = path
+
+
+class CatalogNotFound(FileNotFoundError):
+    """No catalog where a command was told to look; names the path the user gave."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(errno.ENOENT, why, str(path))
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+@contextlib.contextmanager
+def format_errors(path: Path, expected: str) -> Iterator[None]:
+    """Turn the parse errors of reading ``path`` into a :class:`CatalogFormatError` naming it."""
+    try:
+        yield
+    except KeyError as exc:  # a column the format needs is missing
+        raise CatalogFormatError(path, expected, f"no column {exc.args[0]!r}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise CatalogFormatError(path, expected, str(exc)) from exc
 
 
 def join_text(parts: Iterable[str]) -> str:

@@ -152,8 +152,10 @@ PIECES = ("triton", postgres.NAME, broker.NAME)
 
 
 def down(state_dir: Path) -> dict[str, bool]:
-    """Stop only the processes this stack started (by pid file); remove the stack file."""
-    result = {name: ManagedProcess(name, state_dir).stop() for name in PIECES}
+    """Stop only the processes started under ``state_dir`` (by pid file): the services that run
+    beside the stack first (e.g. ``tagloop demo --keep``), then the stack; remove the stack file."""
+    services = sorted(p.stem for p in state_dir.glob("*.pid") if p.stem not in PIECES)
+    result = {name: ManagedProcess(name, state_dir).stop() for name in [*services, *PIECES]}
     stack_file(state_dir).unlink(missing_ok=True)
     return result
 

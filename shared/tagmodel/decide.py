@@ -118,6 +118,26 @@ def _tag(entry: VocabEntry, score: float, source: TagSource) -> Tag:
     )
 
 
+# Cold-start guesses per listing, at most: a badly calibrated version must not tag a listing
+# with half the taxonomy (a tag event holds at most 1,000 tags).
+MAX_ZERO_SHOT_TAGS = 5
+
+
+def _top_k(pred: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """``pred`` with at most the ``k`` best-scored true cells per row kept.
+
+    >>> _top_k(np.array([[True, True, True, False]]), np.array([[0.6, 0.9, 0.7, 0.99]]), 2).tolist()
+    [[False, True, True, False]]
+    """
+    if pred.shape[1] <= k:
+        return pred
+    masked = np.where(pred, scores, -np.inf)
+    best = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    out = np.zeros_like(pred)
+    np.put_along_axis(out, best, True, axis=1)
+    return out & pred
+
+
 def tags_from_probs(
     probs: np.ndarray,
     card: ModelCard,
@@ -158,7 +178,7 @@ def tags_from_probs(
         entries += [zero_shot.entries[i] for i in keep]
         sources += [TagSource.ZERO_SHOT] * len(keep)
         scores = np.concatenate([scores, zs], axis=1)
-        pred = np.concatenate([pred, zs >= 0.5], axis=1)
+        pred = np.concatenate([pred, _top_k(zs >= 0.5, zs, MAX_ZERO_SHOT_TAGS)], axis=1)
     pred, scores = close_hierarchy(pred, scores, parent_index(entries))
     is_cat = np.array([e.kind == TagKind.CATEGORY for e in entries], dtype=bool)
     out: list[list[Tag]] = []

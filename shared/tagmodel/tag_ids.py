@@ -42,6 +42,29 @@ def _normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+def words(text: str) -> list[str]:
+    """The runs of letters and digits of any script in ``text`` (NFKC, case-folded), in order.
+
+    Combining marks (Devanagari vowel signs, decomposed accents) stay with the letter they follow;
+    every other character separates. The one rule behind :func:`slug` and the trainer's
+    leak-free split (``services.trainer.split.normalize_title``).
+
+    >>> words("Women's Café-Crème  连衣裙!")
+    ['women', 's', 'café', 'crème', '连衣裙']
+    """
+    out: list[str] = []
+    word: list[str] = []
+    for ch in _normalize(text):
+        if ch.isalnum() or (word and unicodedata.category(ch).startswith("M")):
+            word.append(ch)
+        elif word:
+            out.append("".join(word))
+            word = []
+    if word:
+        out.append("".join(word))
+    return out
+
+
 def slug(text: str) -> str:
     """Identifier piece of one name: letters and digits of any script, other runs as ``-``.
 
@@ -49,21 +72,10 @@ def slug(text: str) -> str:
     ``"连衣裙"`` -> ``"连衣裙"``; an empty name is ``"x"``, a name without letters or digits
     ``"x-"`` + 8 hex digits of its hash.
     """
+    found = words(text)
+    if found:
+        return "-".join(found)
     norm = _normalize(text)
-    out: list[str] = []
-    pending_sep = False
-    for ch in norm:
-        # Combining marks (Devanagari vowel signs, decomposed accents) stay with the letter they follow.
-        keep = ch.isalnum() or (bool(out) and not pending_sep and unicodedata.category(ch).startswith("M"))
-        if keep:
-            if pending_sep and out:
-                out.append("-")
-            pending_sep = False
-            out.append(ch)
-        else:
-            pending_sep = True
-    if out:
-        return "".join(out)
     if not norm.strip():
         return FALLBACK_PREFIX
     return f"{FALLBACK_PREFIX}-{hashlib.sha256(norm.encode('utf-8')).hexdigest()[:8]}"

@@ -27,7 +27,8 @@ from services.feedback.loadgen import (
     wait_caught_up,
 )
 from services.feedback.migrations import MIGRATIONS
-from services.feedback.repository import PostgresFeedbackStore, prune_event_ids, recount_mismatches
+from services.feedback.repository import CounterMode, PostgresFeedbackStore, prune_event_ids, recount_mismatches
+from services.feedback.rollup import Rollup
 from shared.db import apply_migrations, async_pool
 from shared.devstack.process import ManagedProcess
 from shared.events import DeadLetter, FeedbackEvent, FeedbackType, decode, encode
@@ -76,16 +77,23 @@ def listing_counts(url: str, listing: str) -> dict[str, tuple[int, ...]]:
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
-async def _with_store(url: str, group: str, fn):  # type: ignore[no-untyped-def]
+async def _with_store(url: str, group: str, fn, counters: CounterMode = "inline"):  # type: ignore[no-untyped-def]
     pool = async_pool(url, max_size=4)
     await pool.open()
     try:
-        return await fn(PostgresFeedbackStore(pool, group))
+        return await fn(PostgresFeedbackStore(pool, group, counters=counters))
     finally:
         await pool.close()
 
 
-def test_store_counts_once_attributes_late_and_matches_recount(migrated: str, ns: str) -> None:
+async def settle(store: PostgresFeedbackStore) -> None:
+    """Counters as of now: in rollup mode, roll up every queued batch."""
+    if store.counters == "rollup":
+        await Rollup(store.pool).drain()
+
+
+@pytest.mark.parametrize("counters", ["inline", "rollup"])
+def test_store_counts_once_attributes_late_and_matches_recount(migrated: str, ns: str, counters: CounterMode) -> None:
     url = migrated
     tags = [TagUpdate(f"{ns}-l1", ("t1", "t2"), False, "v1", 0, 0)]
     batch = consumed(
@@ -102,14 +110,18 @@ def test_store_counts_once_attributes_late_and_matches_recount(migrated: str, ns
     async def go(store: PostgresFeedbackStore) -> None:
         await store.record_tags(tags, "tags")
         first = await store.record_feedback(batch)
-        again = await store.record_feedback(batch)  # redelivered after a restart
+        again = await store.record_feedback(batch)  # redelivered after a restart: below the stored offsets
+        # The same events again at new offsets: a producer that sent them twice (the archive's key drops them).
+        resent = await store.record_feedback(consumed([c.event for c in batch], start=100))
         assert (first.counted, first.duplicates, first.pending) == (5, 1, 1)
         assert (again.counted, again.duplicates) == (0, 6)
+        assert (resent.counted, resent.duplicates) == (0, 6)
+        await settle(store)
         assert listing_counts(url, f"{ns}-late")[PENDING_TAG][0] == 1
         res = await store.record_tags([TagUpdate(f"{ns}-late", ("t3",), False, "v1", 1, 7)], "tags")
         assert res.reattributed == 1
 
-    asyncio.run(_with_store(url, f"g-{ns}", go))
+    asyncio.run(_with_store(url, f"g-{ns}", go, counters))
     l1 = listing_counts(url, f"{ns}-l1")
     assert l1["t1"] == (3, 0, 2, 0, 1, 2, Decimal("39.9800"), 0, 0)
     late = listing_counts(url, f"{ns}-late")
@@ -134,12 +146,14 @@ def test_store_counts_once_attributes_late_and_matches_recount(migrated: str, ns
     hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
     assert hourly == [("t1", hour, 2, 1), ("t1", later, 1, 0), ("t2", hour, 2, 1), ("t2", later, 1, 0),
                       ("t3", hour, 1, 0), ("t9", hour, 1, 0)]  # fmt: skip
-    assert offs == [("feedback", 0, 5), ("tags", 0, 0), ("tags", 1, 7)]
+    assert offs == [("feedback", 0, 105), ("tags", 0, 0), ("tags", 1, 7)]
     assert parts is not None and parts[0] >= 2
 
 
-def test_concurrent_workers_overlapping_batches_count_once(migrated: str, ns: str) -> None:
-    """Two workers (rebalance overlap) handle the same events at once: each counted once, no deadlock."""
+@pytest.mark.parametrize("counters", ["inline", "rollup"])
+def test_concurrent_workers_overlapping_batches_count_once(migrated: str, ns: str, counters: CounterMode) -> None:
+    """Two workers (rebalance overlap) handle the same events at once, each in offset order (as a consumer
+    does): each event counted once, no deadlock; and a producer's resend of them at later offsets, too."""
     url = migrated
     events = [
         fb(ns, f"e{i}", f"l{i % 7}", ["impression", "click", "purchase"][i % 3], user=f"u{i % 5}", price=1.5)
@@ -150,13 +164,17 @@ def test_concurrent_workers_overlapping_batches_count_once(migrated: str, ns: st
     async def go(store: PostgresFeedbackStore) -> None:
         await store.record_tags(tag_updates, "tags")
         batches = [consumed(events[i : i + 200], start=i) for i in range(0, 600, 200)]
-        results = await asyncio.gather(
-            *(store.record_feedback(b) for b in batches),
-            *(store.record_feedback(b) for b in reversed(batches)),
-        )
-        assert sum(r.counted for r in results) == 600
+        resent = [consumed(events[i : i + 200], start=1000 + i) for i in range(0, 600, 200)]
 
-    asyncio.run(_with_store(url, f"g-{ns}", go))
+        async def worker(polls: list[list[Consumed]]) -> int:
+            return sum([(await store.record_feedback(b)).counted for b in polls])
+
+        counted = await asyncio.gather(worker(batches), worker(batches))
+        assert sum(counted) == 600
+        assert await asyncio.gather(worker(resent), worker(resent)) == [0, 0]
+        await settle(store)
+
+    asyncio.run(_with_store(url, f"g-{ns}", go, counters))
     with psycopg.connect(url) as conn:
         total = conn.execute(
             "SELECT sum(events) FROM feedback_listing_tag_counts WHERE listing_id LIKE %s AND tag_id = 'a'",
@@ -195,7 +213,7 @@ def run_worker(settings: Settings, worker_group: str) -> Iterator[list[ManagedPr
         p.stop(timeout_s=10)
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch:2"])
+@pytest.mark.parametrize("engine", ["faust", "batch:2", "batch+rollup"])
 def test_worker_end_to_end(
     settings: Settings, migrated: str, ns: str, worker_group: str, run_worker, engine: str
 ) -> None:  # type: ignore[no-untyped-def]
@@ -273,16 +291,20 @@ def test_worker_end_to_end(
     assert "type" in teleport.reason
 
 
-def test_prune_forgets_only_old_event_ids(migrated: str, ns: str) -> None:
+def test_archive_key_refuses_old_ids_and_prune_empties_only_old_legacy_ids(migrated: str, ns: str) -> None:
+    """Since migration 7 the archive's key is the duplicate guard (kept as long as its day partitions);
+    ``prune_event_ids`` only empties the id table workers before it wrote, old ids first."""
     url = migrated
     old_ts = datetime(2026, 1, 5, 12, tzinfo=UTC)
     events = [fb(ns, "old", "l1", ts=old_ts), fb(ns, "late", "l1", ts=old_ts), fb(ns, "new", "l1")]
 
     async def count(store: PostgresFeedbackStore) -> None:
-        await store.record_feedback(consumed(events))
+        assert (await store.record_feedback(consumed(events))).counted == 3
 
     asyncio.run(_with_store(url, f"g-{ns}", count))
     with psycopg.connect(url) as conn:
+        # What a worker before migration 7 left: the ids it claimed.
+        conn.execute("INSERT INTO feedback_event_ids SELECT unnest(%s::text[])", ([e.event_id for e in events],))
         # "old" was archived long ago; "late" is as old by event time but arrived just now.
         conn.execute("UPDATE feedback_events SET ingested_at = %s WHERE event_id = %s", (old_ts, f"{ns}-old"))
     assert prune_event_ids(url, datetime(2026, 2, 1, tzinfo=UTC)) >= 1
@@ -293,8 +315,8 @@ def test_prune_forgets_only_old_event_ids(migrated: str, ns: str) -> None:
     assert left == [(f"{ns}-late",), (f"{ns}-new",)]
 
     async def redeliver(store: PostgresFeedbackStore) -> None:
-        again = await store.record_feedback(consumed(events[1:], start=10))
-        assert (again.counted, again.duplicates) == (0, 2)  # ids inside the window are still refused
+        again = await store.record_feedback(consumed(events, start=10))  # new offsets: a producer's resend
+        assert (again.counted, again.duplicates) == (0, 3)  # the archive's key refuses them all
 
     asyncio.run(_with_store(url, f"g-{ns}", redeliver))
     assert archived_count(url, ns) == 3  # the archive is kept

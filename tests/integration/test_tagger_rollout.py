@@ -12,13 +12,17 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from services.feedback.cli import all_migrations
 from services.simulator.listings import produce_listings
 from services.tagger.inference import ModelStamp, TritonZeroShotBackend
 from services.tagger.pipeline import TaggerOptions, TaggerPipeline
 from services.tagger.rollout import Rollout
+from services.tagger.rollout_watch import report_sample
 from shared.canary import routes_to_candidate
+from shared.db import apply_migrations
 from shared.events import TagEvent
 from shared.settings import Settings
 from shared.triton_client import AsyncTritonTextClient
@@ -88,16 +92,26 @@ def test_canary_routes_by_listing_and_stamps_each_event(stack_settings: Settings
 
     tags = TopicTail(s, s.topics.tags)
     try:
-        with Running(s, canary):
+        with Running(s, canary) as run:
             produce_listings(s, listings)
             events = tag_events(tags.wait(lambda ms: len(ms) >= 60, 300, "60 tag events"))
             events = tag_events(tags.settle(2.0))
+            sample = run.pipeline.listing_sample
+            seen, sampled = sample.seen, sample.drain()
     finally:
         tags.close()
     want = {x.listing_id: "candidate" if routes_to_candidate(x.listing_id, share, salt) else "champion"
             for x in listings}
     assert {e.listing_id: e.model_version for e in events} == want
     assert len(events) == 60 and set(want.values()) == {"candidate", "champion"}  # both arms in mixed batches
+    # What the tagger sampled for the trainer's drift windows: tagged listings, reported to Postgres.
+    assert seen == 60 and len(sampled) == s.tagger.listing_sample_size
+    apply_migrations(s.database_url, all_migrations())
+    me = f"test-{uuid.uuid4().hex[:6]}"
+    report_sample(s, sampled, me)
+    with psycopg.connect(s.database_url) as conn:
+        rows = conn.execute("SELECT listing_id FROM tagger_listing_samples WHERE tagger_id = %s", (me,)).fetchall()
+    assert [r[0] for r in rows] == [lid for lid, _ in sampled] and rows[0][0] in want
 
 
 @pytest.mark.timeout(600)

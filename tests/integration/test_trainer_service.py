@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.feedback.cli import all_migrations
@@ -95,3 +97,54 @@ def test_a_trainer_killed_mid_job_leaves_serving_untouched_and_its_candidate_rej
     assert [j.id for j in recovered] == [job_id]
     assert service.registry.get(service.model, 2).status == ModelStatus.REJECTED  # type: ignore[union-attr]
     assert service.registry.champion(service.model).version == 1  # type: ignore[union-attr]
+
+
+def _sample(database_url: str, texts: list[str], at: datetime) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO tagger_listing_samples (tagger_id, listing_id, text, sampled_at) VALUES (%s, %s, %s, %s)",
+            [("test-tagger", f"l{i}", t, at) for i, t in enumerate(texts)])
+
+
+def _drift_snapshot(service: TrainerService, reference: list[str], recent: list[str]) -> list[Trigger]:
+    from services.trainer.triggers import evaluate_triggers
+
+    now = datetime.now(UTC)
+    with psycopg.connect(service.settings.database_url) as conn:
+        conn.execute("DELETE FROM tagger_listing_samples")
+    _sample(service.settings.database_url, reference, now - timedelta(hours=48))
+    _sample(service.settings.database_url, recent, now - timedelta(hours=1))
+    snapshot = service.snapshot()
+    assert snapshot.reference_embeddings is not None and snapshot.recent_embeddings is not None
+    return [t for t in evaluate_triggers(snapshot, service.settings.trainer) if t.kind == TriggerKind.EMBEDDING_DRIFT]
+
+
+def test_embedding_drift_fires_on_what_taggers_sampled(service: TrainerService, data_dir: Path) -> None:
+    """Listings of another kind in the recent window fire the MMD trigger; the same kind does not."""
+    from collections import defaultdict
+
+    trainer = service.settings.trainer.model_copy(update={
+        "mmd_min_samples": 40, "mmd_sample_size": 60, "mmd_permutations": 200, "volume_weighted_labels": 1e9,
+        "schedule_interval_h": 1e6})
+    service.settings = service.settings.model_copy(update={"trainer": trainer})
+    by_top: dict[str, list[str]] = defaultdict(list)
+    for record in prepare(tiny_config(data_dir)).records:
+        by_top[record.labels[0]].append(record.text)
+    big, other = sorted(by_top.values(), key=len, reverse=True)[:2]
+    assert len(big) >= 100 and len(other) >= 50, "the tiny catalog's two largest categories"
+    assert _drift_snapshot(service, big[:50], big[50:100]) == []
+    fired = _drift_snapshot(service, big[:50], other[:50])
+    assert len(fired) == 1 and fired[0].figures["p_value"] < trainer.mmd_p_value
+
+
+@pytest.mark.slow
+def test_a_deep_job_when_configured_fine_tunes_and_goes_through_the_same_gate(service: TrainerService) -> None:
+    trainer = service.settings.trainer.model_copy(update={"job_kind": "deep", "deep_max_steps": 2,
+                                                          "deep_batch_size": 8})
+    service.settings = service.settings.model_copy(update={"trainer": trainer})
+    result = service.tick(force=Trigger(TriggerKind.VOLUME, "forced by the test", {"weighted_labels": 0.0}))
+    assert result.action == "job" and result.decision is not None and result.job is not None
+    record = jobs.get_job(service.settings, result.job.id)
+    assert record is not None and record.kind == "deep" and record.metrics and "deep_job" in record.metrics
+    assert record.metrics["deep_job"]["job"]["kind"] == "deep" and record.metrics["deep_job"]["job"]["steps"] == 2
+    assert service.registry.champion(service.model).version == 1  # type: ignore[union-attr]  # serving untouched

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from services.feedback.app import consumed_offsets, decode_feedback, decode_tags
 from services.feedback.loadgen import tag_event
 from shared.events import FeedbackEvent, FeedbackType, encode
+from shared.fast_decode import FeedbackRow
 
 
 @dataclass
@@ -32,7 +33,7 @@ def test_feedback_decode_and_dead_letters() -> None:
         Rec("fb", 1, 10, b"u", encode(ev).replace(b'"click"', b'"teleport"')),
     ]
     good, bad = decode_feedback(records)
-    assert [c.event for c in good] == [ev]
+    assert [c.event for c in good] == [FeedbackRow.of(ev)]  # the fast decoder's row: the model's fields
     assert (good[0].partition, good[0].offset) == (0, 5)
     assert [(d.partition, d.offset) for d in bad] == [(0, 6), (1, 9), (1, 10)]
     assert all(d.reason and d.error_class and d.service == "feedback" for d in bad)

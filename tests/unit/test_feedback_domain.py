@@ -152,12 +152,12 @@ def test_failed_unit_of_work_leaves_nothing() -> None:
 
     async def boom() -> None:
         async with store.unit_of_work() as uow:
-            await uow.claim_event_ids(["a"])
+            await uow.archive_and_count(plan_feedback(consumed([fb("a")]), {}).archive)
             raise RuntimeError("crash mid-batch")
 
     with pytest.raises(RuntimeError):
         run(boom())
-    assert store.state.event_ids == set()
+    assert store.state.archived == set() and store.state.archive == []
     assert run(store.record_feedback(consumed([fb("a")]))).counted == 1
 
 
@@ -175,3 +175,16 @@ def test_resume_positions_follow_postgres_in_both_directions() -> None:
     # Right after the last counted offset; partitions Postgres never counted keep the consumer's position.
     assert resume_positions(assigned, stored) == {("feedback", 0): 42, ("tags", 0): 4}
     assert resume_positions([], stored) == {}
+
+
+def test_redelivery_is_skipped_by_offsets_and_a_resend_by_the_archive_key() -> None:
+    store = MemoryFeedbackStore()
+    run(store.record_tags([TagUpdate("l1", ("t1",), False, "v1", 0, 0)], "tags"))
+    first = run(store.record_feedback(consumed([fb("a"), fb("b")])))
+    # Kafka redelivers offsets 0-1 with a new record at 2: only the new one is looked at.
+    again = run(store.record_feedback(consumed([fb("a"), fb("b"), fb("c")])))
+    # The producer sent "a" once more, at a later offset: same id and ts, so the archive refuses it.
+    resent = run(store.record_feedback(consumed([fb("a")], start=3)))
+    assert (first.counted, again.counted, again.duplicates, resent.counted) == (2, 1, 2, 0)
+    assert store.state.counts.listing[("l1", "t1")][0] == 3
+    assert store.state.offsets[("feedback", "feedback", 0)] == 3

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -13,7 +15,10 @@ from services.tagger.core import (
     tag_record,
     tombstone_record,
 )
-from shared.events import ListingEvent, Tag, TagEvent, decode, encode
+from services.tagger.inference import ModelStamp
+from services.tagger.pipeline import TaggerPipeline
+from shared.events import DeadLetter, ListingEvent, Tag, TagEvent, decode, encode
+from shared.settings import Settings
 
 TS = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -80,3 +85,29 @@ def test_tombstone_has_listing_key_and_no_value() -> None:
 def test_next_offsets_is_last_offset_plus_one_per_partition() -> None:
     records = [rec(5, b"", partition=0), rec(9, b"", partition=1), rec(6, b"", partition=0)]
     assert next_offsets(records) == {("listings", 0): 7, ("listings", 1): 10}
+
+
+class _TooManyTags:
+    """A model version whose output breaks the event contract (more tags than a TagEvent holds)."""
+
+    stamp = ModelStamp("tag_model", "9")
+
+    async def tag(self, texts: Sequence[str], listing_ids: Sequence[str] | None = None) -> list[list[Tag]]:
+        many = [Tag(tag_id=f"cat:{i}", name=str(i), kind="category", score=0.9, source="model") for i in range(1001)]
+        one = [Tag(tag_id="cat:ok", name="ok", kind="category", score=0.9, source="model")]
+        return [many if "poison" in text else one for text in texts]
+
+    async def ready(self) -> bool:
+        return True
+
+
+def test_an_output_that_breaks_the_event_contract_dead_letters_its_listing_not_the_tagger() -> None:
+    """A version that tagged a listing with 1,176 tags once crashed the tagger (TagEvent allows 1,000)."""
+    pipeline = TaggerPipeline(Settings(), _TooManyTags())
+    records = [rec(0, encode(listing("a", title="poison listing")), b"a"),
+               rec(1, encode(listing("b", title="a fine listing")), b"b")]
+    result = asyncio.run(pipeline._process(records))
+    by_topic = {r.topic: r for r in result.records}
+    letter = decode(DeadLetter, by_topic["dead-letter"].value or b"")
+    assert letter.offset == 0 and "1000" in letter.reason
+    assert decode(TagEvent, by_topic["listing-tags"].value or b"").listing_id == "b"
