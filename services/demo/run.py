@@ -229,7 +229,9 @@ class DemoLoop:
             if promoted is not None:
                 after_promotion = self.status.versions.get(f"{self.settings.triton.tag_model} v{promoted}", 0)
                 self.status.phase = f"v{promoted} promoted: tagging with it"
-            if (after_promotion >= 30 or cursor >= len(stream)) and self.status.lag == 0 and self._trainer_quiet():
+            # Done: the promoted version is serving (later jobs would only repeat the turn), or no
+            # listings are left and nothing is pending.
+            if self.status.lag == 0 and (after_promotion >= 30 or (cursor >= len(stream) and self._trainer_quiet())):
                 break
 
     def _react(self) -> None:
@@ -279,13 +281,14 @@ class DemoLoop:
                                + (f" → candidate v{job.candidate_version}" if job.candidate_version else ""))
 
     def _trainer_notes(self) -> None:
-        """What the trainer process said since the last look, into the view."""
+        """What the trainer process said since the last look: into the view, and a line above it."""
         while True:
             try:
                 action, candidate, detail = self.trainer_notes.get_nowait()
             except queue.Empty:
                 return
             self.status.note(detail)
+            self.console.print(f"[{time.monotonic() - self.status.started:4.0f}s] trainer: {detail}")
             if action == "promoted":
                 self.status.promoted_version = candidate
 
