@@ -188,6 +188,7 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
+@pytest.mark.slow  # two worker processes killed and restarted per engine: ~20 s each
 @pytest.mark.parametrize("engine", ["batch", "faust"])
 def test_kill_9_between_rollup_steps_then_counts_once_and_lag_is_exported(
     settings: Settings, database_url: str, ns: str, workers, engine: str

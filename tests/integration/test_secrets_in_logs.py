@@ -212,6 +212,7 @@ def test_running_tagger_never_logs_the_secrets(stack_settings: Settings, tmp_pat
 
 
 # Every command's preflight raises the same error: the plain form once, the traceback for each.
+@pytest.mark.slow  # one CLI or service process per case: the running-services test stays in the default suite
 @pytest.mark.parametrize(
     ("command", "debug"),
     [(["learner", "run"], False), (["learner", "run"], True), (["feedback", "run"], True), (["tagger", "run"], True),
@@ -230,6 +231,7 @@ def test_sasl_failures_never_show_the_password(settings: Settings, tmp_path: Pat
     assert_no_secret(output, f"`tagloop {' '.join(command)}`")
 
 
+@pytest.mark.slow  # one CLI or service process per case: the running-services test stays in the default suite
 @pytest.mark.parametrize(
     "module",
     [["services.learner.main"], ["services.feedback.main", "--engine", "faust"],
@@ -248,6 +250,7 @@ def test_services_retrying_sasl_never_log_the_password(settings: Settings, tmp_p
     assert_no_secret(service.text(), f"the log of {' '.join(module)}")
 
 
+@pytest.mark.slow  # one CLI or service process per case: the running-services test stays in the default suite
 @pytest.mark.parametrize(
     ("command", "debug"),
     [(["learner", "serve"], False), (["learner", "serve"], True), (["db", "migrate"], True)],

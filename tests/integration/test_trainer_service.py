@@ -119,6 +119,7 @@ def _drift_snapshot(service: TrainerService, reference: list[str], recent: list[
     return [t for t in evaluate_triggers(snapshot, service.settings.trainer) if t.kind == TriggerKind.EMBEDDING_DRIFT]
 
 
+@pytest.mark.slow  # embeds four windows of listings with the version's encoder
 def test_embedding_drift_fires_on_what_taggers_sampled(service: TrainerService, data_dir: Path) -> None:
     """Listings of another kind in the recent window fire the MMD trigger; the same kind does not."""
     from collections import defaultdict
