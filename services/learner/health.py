@@ -57,10 +57,23 @@ class LearnerHealth:
             "tagloop_learner_dead_letter_failures", "Dead-letter deliveries that failed (each is retried)", registry=r
         )
         self.degraded = Gauge("tagloop_learner_degraded", "1 while the learner is degraded (see /healthz)", registry=r)
+        self.lag = Gauge("tagloop_learner_lag_seconds",
+                         "Now minus the broker timestamp of the newest record of the last batch (0 when idle)",
+                         registry=r)
         self._problems: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # -- what the loop reports ----------------------------------------------------------
+
+    def learned(self, record_timestamps_ms: list[int], now: float | None = None) -> None:
+        """A batch was learned: how far behind the stream it was (no records: caught up).
+
+        >>> h = LearnerHealth()
+        >>> h.learned([1_000, 4_000], now=10.0); h.lag._value.get()
+        6.0
+        """
+        newest = max(record_timestamps_ms, default=None)
+        self.lag.set(0.0 if newest is None else max(0.0, (now or time.time()) - newest / 1000))
 
     def checkpoint_written(self, seconds: float) -> None:
         self.checkpoints.inc()

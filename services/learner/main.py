@@ -114,6 +114,7 @@ def run(
             for msg in msgs:
                 source.advance(msg)
             health.records.inc(len(msgs))
+            health.learned([m.timestamp()[1] for m in msgs if m.timestamp()[1] > 0])  # the learner lag metric
             if on_batch is not None:
                 on_batch(msgs)
             since_checkpoint += len(msgs)
