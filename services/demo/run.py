@@ -108,7 +108,7 @@ def headline(event: TagEvent) -> str:
 
 
 def run_demo(options: DemoOptions, console: Console | None = None) -> int:
-    """Run the demo; returns the exit code (0: listings tagged and the loop turned; 130: Ctrl-C)."""
+    """Run the demo; returns the exit code (0: every listing tagged, no service failed; 130: Ctrl-C)."""
     console = console or Console()
     base = Settings()
     workdir = (base.state_dir / "demo").resolve()
@@ -192,8 +192,13 @@ class DemoLoop:
         s = self.status
         if self.failed:
             self.console.print(f"[red]{s.phase}[/]")
-        ok = not self.failed and s.listings_tagged == s.listings_produced and s.promoted_version is not None
-        return 0 if ok else 1
+        elif s.promoted_version is not None:
+            self.console.print(f"[bold green]the loop turned: v{s.promoted_version} was trained on feedback, "
+                               "passed the gate and its canary, and now tags the new listings[/]")
+        else:  # the gate and the canary did their job: nothing better was found in this run
+            self.console.print("[bold yellow]no candidate passed the gate and its canary in this run (reasons "
+                               "above); the quick model kept serving[/]")
+        return 0 if not self.failed and s.listings_tagged == s.listings_produced else 1
 
     # -- the loop ------------------------------------------------------------------------
 
