@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +50,15 @@ def _run(check: Check) -> tuple[bool, str]:
     except Exception as exc:  # a broken check means "not ok", not a 500 and a dead handler thread
         return False, f"check failed: {type(exc).__name__}"
     return bool(ok), str(detail)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-answer (a probe's timeout, a scanner) is not an error to print."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class OpsServer:
@@ -89,7 +99,7 @@ class OpsServer:
             def log_message(self, format: str, *args: object) -> None:  # probes every few seconds: no access log
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _QuietServer((host, port), Handler)
         self._server.daemon_threads = True  # a stuck request must not keep the process from exiting
         self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
