@@ -12,7 +12,7 @@ demo: setup  ## start the local stack, stream real listings, print their tags, s
 	$(VENV)/bin/tagloop demo
 
 test: setup lint typecheck  ## the default suite (unit + integration + e2e on the real stack)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --durations=15  # the slowest tests: what to move to test-slow
 
 test-slow: setup  ## long fault tests and quality runs
 	$(PY) -m pytest -m slow -q || [ $$? -eq 5 ]  # exit 5: no slow tests selected

@@ -47,6 +47,9 @@ from shared.kafka import consumer_config
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
+# The faust engine's fault runs take ~2x the batch engine's (its worker starts and rebalances slowly):
+# the slow suite runs them, the default suite runs the same faults on the default (batch) engine.
+FAUST = pytest.param("faust", marks=pytest.mark.slow)
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ def wait_for(pred, timeout_s: float, what: str) -> None:  # type: ignore[no-unty
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch:2"])
+@pytest.mark.parametrize("engine", [FAUST, "batch:2"])
 def test_kill_9_worker_mid_stream(settings: Settings, database_url: str, ns: str, workers, engine: str) -> None:  # type: ignore[no-untyped-def]
     url = database_url
     apply_migrations(url, MIGRATIONS)
@@ -150,7 +153,7 @@ def _fast_shutdown(state_dir: Path, name: str) -> None:
     proc.stop()  # reaps and removes the pid file
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch:2"])
+@pytest.mark.parametrize("engine", [FAUST, "batch:2"])
 def test_postgres_restart_mid_stream(settings: Settings, state_dir: Path, ns: str, workers, engine: str) -> None:  # type: ignore[no-untyped-def]
     pg_name = f"pg-feedback-{ns}"
     url = start_embedded_postgres(state_dir, name=pg_name)
@@ -228,7 +231,7 @@ def count_directly(settings: Settings, url: str, group: str, upto: Mapping[tuple
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch"])
+@pytest.mark.parametrize("engine", [FAUST, "batch"])
 def test_resumes_from_postgres_offsets_not_kafkas(
     settings: Settings, database_url: str, ns: str, workers, engine: str
 ) -> None:  # type: ignore[no-untyped-def]
