@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 
@@ -85,18 +86,13 @@ def demo_settings(base: Settings, workdir: Path) -> Settings:
     })
     learner = base.learner.model_copy(update={
         "http_port": free_port(),
-        "api_token": base.learner.api_token if base.learner.api_token.get_secret_value() else _new_token(),
+        "api_token": base.learner.api_token if base.learner.api_token.get_secret_value()
+        else SecretStr(secrets.token_urlsafe(24)),  # a token of this run: the API is never open
     })
     return base.model_copy(update={
         "state_dir": workdir, "triton_model_repository": workdir / "models", "trainer": trainer, "learner": learner,
         "tagger": base.tagger.model_copy(update={"rollout_refresh_s": 1.0}),
     })
-
-
-def _new_token():  # type: ignore[no-untyped-def]
-    from pydantic import SecretStr
-
-    return SecretStr(secrets.token_urlsafe(24))
 
 
 def headline(event: TagEvent) -> str:
