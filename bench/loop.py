@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.demo.harness import FEEDBACK_GROUP, Shoppers, count_dead_letters, running_services, wait_counted
+from bench.demo.harness import FEEDBACK_GROUP, Shoppers, count_dead_letters, running_services, wait_counted
 from services.simulator.listings import listing_from_record, produce_listings
 from services.trainer.embeddings import EmbeddingCache
 from services.trainer.fast_job import run_fast_job

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import typer
@@ -13,7 +14,6 @@ from services.feedback import cli as feedback_cli
 from services.learner import cli as learner_cli
 from services.replay import cli as replay_cli
 from services.simulator import cli as simulator_cli
-from services.tagger import bench_cli as tagger_bench_cli
 from services.tagger import cli as tagger_cli
 from services.trainer import cli as trainer_cli
 from services.trainer import model_cli as trainer_model_cli
@@ -44,12 +44,17 @@ SERVICE_CLIS = (
     feedback_cli,
     learner_cli,
     tagger_cli,
-    tagger_bench_cli,
     simulator_cli,
     replay_cli,
 )
 for service_cli in SERVICE_CLIS:
     service_cli.register(app, eval_app=eval_app, bench_app=bench_app)
+
+# Packages that sit above the services (bench/: benchmarks, `eval loop`, `demo`) add their commands
+# through this entry-point group, so the services never import them.
+COMMAND_PLUGINS = "tagloop.commands"
+for plugin in sorted(entry_points(group=COMMAND_PLUGINS), key=lambda ep: ep.name):
+    plugin.load()(app, eval_app=eval_app, bench_app=bench_app)
 
 
 @dev_app.command("up")
@@ -102,40 +107,6 @@ def schemas_write(directory: Path = typer.Option(Path("schemas"))) -> None:
 
     for path in write_schemas(directory):
         typer.echo(str(path))
-
-
-@bench_app.command("all")
-def bench_all(
-    only: str | None = typer.Option(None, help="Comma-separated benchmarks (default: all of them)"),
-    report: Path = typer.Option(Path("bench/results/all.md"), help="Where the markdown report goes"),
-    timeout: float = typer.Option(3600.0, help="Seconds each benchmark may take"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Every benchmark, one process each; a markdown report with the figures, the machine and the date."""
-    from bench.all import BENCHMARKS, markdown, run_all
-
-    names = [n.strip() for n in only.split(",")] if only else list(BENCHMARKS)
-    result = run_all(names, timeout_s=timeout)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(markdown(result))
-    typer.echo(json.dumps(result, indent=2, default=str) if as_json else f"report: {report}")
-    raise typer.Exit(0 if all(r["ok"] for r in result["benchmarks"].values()) else 1)
-
-
-@app.command("demo")
-def demo(
-    listings: int = typer.Option(3000, "--listings", help="Stream at most N new listings"),
-    rate: float = typer.Option(6.0, "--rate", help="New listings per second"),
-    duration: float = typer.Option(900.0, "--duration", help="Stop after this many seconds"),
-    keep: bool = typer.Option(False, help="Leave the stack and services running; print their URLs"),
-    data: Path | None = typer.Option(None, help="Labelled catalog: data dir (flipkart) or CSV/JSONL"),
-    format: str = typer.Option("flipkart", "--format", help="flipkart | csv | jsonl"),
-) -> None:
-    """The whole loop: quick model → tagging through Triton → feedback → affinity → a trainer cycle → promotion."""
-    from services.demo.run import DemoOptions, run_demo
-
-    raise typer.Exit(run_demo(DemoOptions(listings=listings, rate_per_s=rate, duration_s=duration, keep=keep,
-                                          data=data, format=format)))
 
 
 class _ErrorOptions:

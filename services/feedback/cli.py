@@ -118,43 +118,6 @@ def prune_cmd(
     _print({"cutoff": cutoff.isoformat(), "event_ids_deleted": deleted}, as_json)
 
 
-def bench_cmd(
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    events: Annotated[int, typer.Option(help="Feedback events through the real worker (per engine).")] = 60_000,
-    batch_size: Annotated[int, typer.Option(help="Worker micro-batch size.")] = 10_000,
-    stage_events: Annotated[int, typer.Option(help="Events for the per-stage timings.")] = 30_000,
-    engines: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated: faust, batch, batch:N (N concurrent writers), each optionally +rollup or"
-            " +inline (how counters are written), or old- (the --baseline revision's worker)."
-        ),
-    ] = "old-batch,batch,batch+rollup,faust",
-    loads: Annotated[str, typer.Option(help="Comma-separated load shapes: uniform, skewed, replay.")] = (
-        "uniform,skewed,replay"
-    ),
-    baseline: Annotated[
-        str | None, typer.Option(help="Git revision whose worker the old- engines run (e.g. the previous commit).")
-    ] = None,
-) -> None:
-    """Feedback events/s into Postgres exactly once, old and new write path (private broker, fresh databases)."""
-    from bench.feedback import run
-    from bench.feedback_loads import LOADS
-
-    chosen = [e.strip() for e in engines.split(",") if e.strip()]
-    kinds = {e.removeprefix("old-").partition("+")[0].partition(":")[0] for e in chosen}
-    if not chosen or not kinds <= {"batch", "faust"}:
-        raise typer.BadParameter("engines: [old-]faust|batch|batch:N[+inline]")
-    shapes = [x.strip() for x in loads.split(",") if x.strip()]
-    if not shapes or not set(shapes) <= set(LOADS):
-        raise typer.BadParameter(f"loads: {', '.join(LOADS)}")
-    result = run(
-        n_events=events, batch_size=batch_size, stage_events=stage_events, engines=chosen, loads=shapes,
-        baseline=baseline,
-    )
-    _print(result, as_json)
-
-
 def db_migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Apply every service's migrations (idempotent; safe to run concurrently)."""
     from shared.db import apply_migrations
@@ -172,7 +135,6 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
     feedback_app.command("verify")(verify_cmd)
     feedback_app.command("prune")(prune_cmd)
     app.add_typer(feedback_app, name="feedback")
-    bench_app.command("feedback")(bench_cmd)
     # `tagloop db` belongs to no single service; registered here until the top-level CLI owns it.
     if not any(g.name == "db" for g in app.registered_groups):
         db_app = typer.Typer(no_args_is_help=True, help="Database schema of all services.")

@@ -125,18 +125,6 @@ def eval_affinity_cmd(
     _print(result, as_json)
 
 
-def bench_learner_cmd(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    rate: Annotated[int, typer.Option(help="Input events per second.")] = 10_000,
-    seconds: Annotated[float, typer.Option(help="How long to produce at that rate.")] = 20.0,
-    model: Annotated[str, typer.Option(help="lr or fm.")] = "lr",
-) -> None:
-    """Learner updates/s, and its lag behind the feedback topic at a fixed input rate."""
-    from bench.learner import run_bench
-
-    _print(run_bench(rate=rate, seconds=seconds, kind=model), as_json)  # type: ignore[arg-type]
-
-
 def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
     """Attach this service's commands to the top-level `tagloop` app and its `eval`/`bench` groups."""
     learner_app = typer.Typer(no_args_is_help=True, help="Online learner of user×tag affinity (river).")
@@ -145,4 +133,3 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
     learner_app.command("openapi")(openapi_cmd)
     app.add_typer(learner_app, name="learner")
     eval_app.command("affinity")(eval_affinity_cmd)
-    bench_app.command("learner")(bench_learner_cmd)

@@ -160,26 +160,3 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
             typer.echo(f"{j['id']:>5} {j['status']:10} {j['trigger_kind']:16} candidate={j['candidate_version']} "
                        f"{j.get('error') or ''}")
 
-    @eval_app.command("loop")
-    def eval_loop_cmd(
-        data: Annotated[Path | None, typer.Option(help="Labelled catalog: data dir (flipkart) or CSV/JSONL.")] = None,
-        format: Annotated[str, typer.Option("--format", help="flipkart | csv | jsonl")] = "flipkart",
-        cycles: int = 3,
-        listings_per_cycle: int = 600,
-        canary_listings: int = 400,
-        limit: Annotated[int | None, typer.Option(help="Use only the first N listings.")] = None,
-        seed: int = 0,
-        as_json: Annotated[bool, typer.Option("--json")] = False,
-    ) -> None:
-        """The whole loop on the real services: F1 per cycle, promotions, a rejected bad candidate, a rollback."""
-        from bench.loop import LoopConfig, run_loop
-
-        settings = Settings()
-        result = run_loop(LoopConfig(data or settings.data_dir, format, cycles, listings_per_cycle, canary_listings,
-                                     limit=limit, seed=seed), settings)
-        if as_json:
-            typer.echo(json.dumps(result, indent=2, default=str))
-            return
-        for key, value in result.items():
-            if key != "details":
-                typer.echo(f"{key:32} {value}")

@@ -29,15 +29,15 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 
-from services.demo.harness import FEEDBACK_GROUP, Shoppers, count_dead_letters, running_services
-from services.demo.quick_model import (
+from bench.demo.harness import FEEDBACK_GROUP, Shoppers, count_dead_letters, running_services
+from bench.demo.quick_model import (
     DemoCatalog,
     QuickModel,
     ensure_quick_model,
     install_as_version_1,
     split_demo_catalog,
 )
-from services.demo.view import DemoStatus, progress_line, render, summary
+from bench.demo.view import DemoStatus, progress_line, render, summary
 from services.feedback.loadgen import stored_offsets
 from services.simulator.listings import listing_from_record, produce_listings
 from services.simulator.shoppers import ShopperConfig

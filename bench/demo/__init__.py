@@ -1,0 +1,1 @@
+"""``tagloop demo``: the whole loop on the local stack (see :mod:`bench.demo.run`)."""

@@ -1,1 +1,0 @@
-"""``tagloop demo``: the whole loop on the local stack (see :mod:`services.demo.run`)."""
