@@ -179,6 +179,7 @@ class TrainerSettings(BaseModel):
     gate_golden_micro_f1_tolerance: float = Field(0.005, ge=0)  # about the golden set's sampling noise
     gate_slice_f1_tolerance: float = Field(0.05, ge=0)  # a tag may wobble, not collapse
     gate_slice_min_support: int = Field(20, ge=1)  # below this a tag's F1 moves by 0.05 with one example
+    gate_slice_z: float = Field(2.0, ge=0)  # and a drop must exceed this many standard errors of the tag's F1
     # Floors catch a broken candidate (shuffled labels) without blocking a weak first model.
     gate_floor_micro_f1: float = Field(0.3, ge=0, le=1)
     gate_floor_coverage: float = Field(0.5, ge=0, le=1)  # share of golden listings given at least one tag

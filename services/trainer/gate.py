@@ -10,8 +10,9 @@ Checks (tolerances in :class:`~shared.settings.TrainerSettings`):
 1. ``floor_micro_f1`` / ``floor_coverage`` -- golden micro-F1 and coverage at least the floors;
 2. ``golden_micro_f1`` -- not below the champion's by more than ``gate_golden_micro_f1_tolerance``;
 3. ``slices`` -- no tag with golden support ≥ ``gate_slice_min_support`` loses more than
-   ``gate_slice_f1_tolerance`` of F1 (a tag the candidate does not score counts as F1 0); the
-   worst offenders are listed;
+   ``gate_slice_f1_tolerance`` of F1 and more than ``gate_slice_z`` standard errors of its F1
+   (:func:`slice_drop_limit`; a tag the candidate does not score counts as F1 0); the worst
+   offenders are listed;
 4. ``recent`` -- on the recent holdout (≥ ``gate_recent_min_examples`` examples) the
    candidate's score exceeds the champion's by more than ``gate_recent_min_delta``.
 
@@ -28,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -143,6 +145,20 @@ def _golden_micro_f1(cand: GoldenMetrics, champ: GoldenMetrics, cfg: TrainerSett
     return Check("golden_micro_f1", "pass" if ok else "fail", detail, figures)
 
 
+def slice_drop_limit(champion_f1: float, support: int, cfg: TrainerSettings) -> float:
+    """How far a tag's golden F1 may fall: the tolerance, or ``z`` standard errors if that is more.
+
+    On a few dozen examples one listing moves F1 by several points; a drop within ``z``
+    binomial standard errors of the champion's F1 (``sqrt(f(1-f)/support)``) is not evidence.
+
+    >>> from shared.settings import TrainerSettings
+    >>> round(slice_drop_limit(0.24, 22, TrainerSettings()), 3), round(slice_drop_limit(0.5, 400, TrainerSettings()), 3)
+    (0.182, 0.05)
+    """
+    f1 = min(max(champion_f1, 0.0), 1.0)
+    return max(cfg.gate_slice_f1_tolerance, cfg.gate_slice_z * math.sqrt(f1 * (1.0 - f1) / max(support, 1)))
+
+
 def _slices(cand: GoldenMetrics, champ: GoldenMetrics, cfg: TrainerSettings) -> Check:
     compared = 0
     offenders: list[tuple[float, str, float, float, int]] = []  # (drop, tag, champion F1, candidate F1, support)
@@ -154,25 +170,26 @@ def _slices(cand: GoldenMetrics, champ: GoldenMetrics, cfg: TrainerSettings) -> 
         compared += 1
         new_f1 = new.f1 if new is not None else 0.0
         drop = old.f1 - new_f1
-        if not drop <= cfg.gate_slice_f1_tolerance:  # NaN counts as a drop
+        if not drop <= slice_drop_limit(old.f1, support, cfg):  # NaN counts as a drop
             offenders.append((drop, tag, old.f1, new_f1, support))
     offenders.sort(key=lambda o: (-o[0], o[1]))
     figures = {
         "compared": compared, "min_support": cfg.gate_slice_min_support, "tolerance": cfg.gate_slice_f1_tolerance,
+        "z": cfg.gate_slice_z,
         "offenders": [{"tag": t, "champion_f1": a, "candidate_f1": b, "drop": d, "support": n}
                       for d, t, a, b, n in offenders],
     }  # fmt: skip
     if not offenders:
         detail = (
-            f"no drop over {cfg.gate_slice_f1_tolerance:g} F1 among {compared} tags "
-            f"with support ≥ {cfg.gate_slice_min_support}"
+            f"no drop over {cfg.gate_slice_f1_tolerance:g} F1 (and {cfg.gate_slice_z:g} standard errors) among "
+            f"{compared} tags with support ≥ {cfg.gate_slice_min_support}"
         )
         return Check("slices", "pass", detail, figures)
     named = ", ".join(f"{t} {a:.3f}→{b:.3f} (n={n})" for _, t, a, b, n in offenders[:MAX_OFFENDERS_NAMED])
     more = f" and {len(offenders) - MAX_OFFENDERS_NAMED} more" if len(offenders) > MAX_OFFENDERS_NAMED else ""
     detail = (
         f"{len(offenders)} of {compared} tags with support ≥ {cfg.gate_slice_min_support} drop more than "
-        f"{cfg.gate_slice_f1_tolerance:g} F1, worst: {named}{more}"
+        f"{cfg.gate_slice_f1_tolerance:g} F1 and {cfg.gate_slice_z:g} standard errors, worst: {named}{more}"
     )
     return Check("slices", "fail", detail, figures)
 

@@ -6,13 +6,20 @@
   hash of the listing id), scored as the weighted F1 of the version's decisions on the
   labelled (listing, tag) cells.
 
+The champion chose which cells got feedback: every tag it showed is judged, but of the tags it
+left out only the explored ones, each picked with probability ``exploration_share``
+(:func:`shared.canary.exploratory_pick`). Unweighted, the recent score therefore counts the
+champion's misses ``1/share`` times too rarely and favours it over any candidate that learnt
+from feedback (measured: a candidate +3.5 golden micro-F1 points better scored 0.06 lower).
+Exploratory labels are weighted by ``1/share`` (inverse propensity) to undo that.
+
 Embeddings go through the job's :class:`~services.trainer.embeddings.EmbeddingCache`: a
 candidate that kept the champion's encoder is scored without embedding anything twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +74,38 @@ def golden_metrics(
                          coverage=float(metrics["coverage"]), per_tag=per_tag)
 
 
+def weighted_f1(said: Callable[[Label], bool], labels: Sequence[Label], exploration_share: float = 0.0) -> float | None:
+    """F1 of decisions ``said(label)`` against weighted labels, exploratory ones weighted ``1/share``.
+
+    ``None`` when there is nothing to score. A champion that showed ``t1`` (judged right) and
+    missed ``t2`` (explored and judged right) against a candidate saying both:
+
+    >>> from services.trainer.feedback_labels import LabelKind
+    >>> labels = [Label("l1", "t1", 1, 1.0, LabelKind.WEAK), Label("l1", "t2", 1, 1.0, LabelKind.WEAK, True)]
+    >>> round(weighted_f1(lambda x: x.tag_id == "t1", labels, exploration_share=0.25), 3)
+    0.333
+    >>> weighted_f1(lambda x: True, labels, exploration_share=0.25)
+    1.0
+    """
+    explored_weight = 1.0 / exploration_share if exploration_share > 0 else 1.0
+    tp = fp = fn = 0.0
+    for x in labels:
+        weight = x.weight * (explored_weight if x.exploratory else 1.0)
+        if said(x) and x.label:
+            tp += weight
+        elif said(x):
+            fp += weight
+        elif x.label:
+            fn += weight
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else None
+
+
 def recent_score(
-    version_dir: Path, labels: Sequence[Label], texts: Mapping[str, str], cache: EmbeddingCache | None = None
+    version_dir: Path, labels: Sequence[Label], texts: Mapping[str, str], cache: EmbeddingCache | None = None,
+    exploration_share: float = 0.0,
 ) -> tuple[float | None, int]:
-    """Weighted F1 of the version's decisions against feedback labels; (None, 0) without any."""
+    """:func:`weighted_f1` of the version's decisions against feedback labels; (None, 0) without any."""
     index = {e.tag_id: j for j, e in enumerate(load_model_card(version_dir).vocabulary)}
     usable = [x for x in labels if x.listing_id in texts and x.tag_id in index]
     if not usable:
@@ -78,23 +113,13 @@ def recent_score(
     listings = sorted({x.listing_id for x in usable})
     row = {lid: i for i, lid in enumerate(listings)}
     pred = decisions(version_dir, [texts[lid] for lid in listings], cache)
-    tp = fp = fn = 0.0
-    for x in usable:
-        said = bool(pred[row[x.listing_id], index[x.tag_id]])
-        if said and x.label:
-            tp += x.weight
-        elif said:
-            fp += x.weight
-        elif x.label:
-            fn += x.weight
-    denom = 2 * tp + fp + fn
-    return (2 * tp / denom if denom else None), len(usable)
+    return weighted_f1(lambda x: bool(pred[row[x.listing_id], index[x.tag_id]]), usable, exploration_share), len(usable)
 
 
 def score(
     version_dir: Path, golden: Sequence[JobRecord], recent: Sequence[Label], texts: Mapping[str, str],
-    cache: EmbeddingCache | None = None,
+    cache: EmbeddingCache | None = None, exploration_share: float = 0.0,
 ) -> ModelScores:
     """What the gate compares: golden metrics and the recent-feedback score of one version."""
-    value, n = recent_score(version_dir, recent, texts, cache)
+    value, n = recent_score(version_dir, recent, texts, cache, exploration_share)
     return ModelScores(golden=golden_metrics(version_dir, golden, cache), recent=value, recent_examples=n)

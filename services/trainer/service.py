@@ -173,8 +173,9 @@ class TrainerService:
 
     def gate(self, candidate_dir: Path, champion_dir: Path | None, recent: Sequence[Label]) -> Decision:
         texts, golden = self.data.texts, self.data.golden
-        candidate = score(candidate_dir, golden, recent, texts, self.cache)
-        champion = score(champion_dir, golden, recent, texts, self.cache) if champion_dir is not None else None
+        share = self.settings.trainer.exploration_share
+        candidate = score(candidate_dir, golden, recent, texts, self.cache, share)
+        champion = score(champion_dir, golden, recent, texts, self.cache, share) if champion_dir is not None else None
         return decide(candidate, champion, self.settings.trainer)
 
     def start_canary(self, version: int) -> None:

@@ -74,6 +74,14 @@ def test_small_slices_are_ignored_and_wobbles_tolerated() -> None:
     assert outcomes(scores(per_tag=per_tag, recent=0.7), champion)["slices"] == "pass"
 
 
+def test_a_drop_within_sampling_noise_is_not_a_collapse() -> None:
+    # F1 0.24 -> 0.16 on 22 examples is one listing; the same drop on 900 is not noise.
+    for support, outcome in ((22, "pass"), (900, "fail")):
+        champion = scores(per_tag=dict(TAGS) | {"t": SliceMetric(f1=0.24, support=support)})
+        candidate = scores(per_tag=dict(TAGS) | {"t": SliceMetric(f1=0.16, support=support)}, recent=0.7)
+        assert outcomes(candidate, champion)["slices"] == outcome, support
+
+
 def test_tag_missing_from_candidate_counts_as_collapsed() -> None:
     per_tag = {t: m for t, m in TAGS.items() if t != "tag7"}
     d = decide(scores(per_tag=per_tag, recent=0.7), scores(), CFG)
@@ -81,8 +89,9 @@ def test_tag_missing_from_candidate_counts_as_collapsed() -> None:
 
 
 def test_offenders_are_listed_worst_first_and_capped() -> None:
-    per_tag = {f"tag{i}": SliceMetric(f1=0.7 - 0.05 * i, support=50) for i in range(10)}
-    d = decide(scores(per_tag=per_tag, recent=0.7), scores(), CFG)
+    per_tag = {f"tag{i}": SliceMetric(f1=0.7 - 0.05 * i, support=500) for i in range(10)}
+    champion = scores(per_tag={t: SliceMetric(f1=m.f1, support=500) for t, m in TAGS.items()})
+    d = decide(scores(per_tag=per_tag, recent=0.7), champion, CFG)
     slices = d.checks[3]
     names = [o["tag"] for o in slices.figures["offenders"]]
     assert names == [f"tag{i}" for i in range(9, -1, -1)]  # drops 0.55 ... 0.10, all over 0.05
