@@ -189,8 +189,10 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
             t0 = time.monotonic()
             stream_next(cfg.listings_per_cycle)
             tick = service.tick()
+            canary: dict[str, Any] | None = None
             if tick.action == "job" and tick.decision is not None and tick.decision.blessed:
                 outcome = canary_rounds()
+                canary = {"action": outcome.action, "verdict": outcome.verdict.reasons if outcome.verdict else None}
                 if outcome.action == "promoted" and outcome.candidate is not None:
                     result.promoted.append(outcome.candidate)
                 elif outcome.action == "rolled-back":
@@ -204,7 +206,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
             result.cycle_seconds.append(round(time.monotonic() - t0, 1))
             result.details.setdefault("ticks", []).append(
                 {"action": tick.action, "candidate": tick.candidate, "triggers": [t.kind for t in tick.triggers],
-                 "gate": tick.decision.reasons if tick.decision else None})
+                 "gate": tick.decision.reasons if tick.decision else None, "canary": canary})
 
         # A candidate trained on shuffled labels: the gate must reject it.
         bad = run_fast_job(FastJobInput(shuffled(original, cfg.seed)), settings.triton_model_repository,

@@ -73,6 +73,21 @@ class TickResult:
     candidate: int | None = None
 
 
+def arm_feedback(conn: psycopg.Connection[Any], since: datetime, until: datetime | None = None
+                 ) -> dict[str, tuple[int, int, int, int]]:
+    """Per model version: impressions, clicks, accepts and rejects of the tags it chose to show.
+
+    Exploratory tags are left out: they are the exploration policy's guesses (mostly wrong, so
+    rarely clicked), and how many an arm gets depends on how many of its candidates fall under
+    their thresholds, not on how good its shown tags are.
+    """
+    rows = conn.execute(
+        "SELECT model_version, sum(impressions), sum(clicks), sum(accepts), sum(rejects)"
+        " FROM feedback_tag_labels(%s, %s) WHERE NOT coalesce(exploratory, false) GROUP BY model_version",
+        (since, until)).fetchall()  # fmt: skip
+    return {str(v): (int(i), int(c), int(a), int(r)) for v, i, c, a, r in rows if v is not None}
+
+
 class TrainerService:
     """Parameters: ``ops`` changes status and what Triton serves together (the same code as
     ``tagloop model``); None changes the registry alone (where no Triton serves the model)."""
@@ -261,14 +276,12 @@ class TrainerService:
         taggers saw of its requests (``tagger_arm_stats``)."""
         out = {v: ArmStats() for v in versions}
         with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
-            rows = conn.execute(
-                "SELECT model_version, sum(impressions), sum(clicks), sum(accepts), sum(rejects)"
-                " FROM feedback_tag_labels(%s, NULL) GROUP BY model_version", (since,)).fetchall()
+            rows = arm_feedback(conn, since)
             served = conn.execute(
                 "SELECT version, sum(requests), sum(errors), max(p99_seconds) FROM tagger_arm_stats"
                 " WHERE model_name = %s AND updated_at >= %s GROUP BY version", (self.model, since)).fetchall()
         by_version = {str(v): v for v in versions}
-        for version, imp, clicks, acc, rej in rows:
+        for version, (imp, clicks, acc, rej) in rows.items():
             if version in by_version:
                 v = by_version[version]
                 out[v] = ArmStats(int(imp), int(clicks), int(acc), int(rej), out[v].requests, out[v].errors,

@@ -221,3 +221,33 @@ def test_a_shopper_event_under_a_context_tag_speaks_of_that_tag_alone(migrated: 
     window = read_feedback(migrated, TrainerSettings(), day, day + timedelta(days=1))
     got = {(r.tag_id, r.impressions, r.clicks) for r in window.rows if r.listing_id == f"{ns}-L"}
     assert got == {("t1", 7, 2), ("t2", 3, 0)}
+
+
+def test_canary_arms_are_judged_on_the_tags_they_chose_to_show(migrated: str) -> None:
+    from services.trainer.service import arm_feedback
+
+    url, ns = migrated, uuid.uuid4().hex[:8]
+    day = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(days=int(ns, 16) % 3000)  # a window of this run only
+    shown = TagEvent(listing_id=f"{ns}-L", model_name="tag_model", model_version="7", source_event_id="s", tags=[
+        Tag(tag_id="t1", name="t1", kind=TagKind.CATEGORY, score=0.9, source=TagSource.MODEL),
+        Tag(tag_id="t2", name="t2", kind=TagKind.CATEGORY, score=0.2, source=TagSource.EXPLORATORY),
+    ])  # fmt: skip
+    feed = Feed(ns)
+    feed.add("L", "impression", 10, ts=day)
+    feed.add("L", "click", 4, ts=day)
+    feed.add("L", "tag_reject", tag_id="t2", ts=day)
+
+    async def go() -> None:
+        pool = async_pool(url, max_size=2)
+        await pool.open()
+        try:
+            store = PostgresFeedbackStore(pool, f"g-{ns}")
+            await store.record_tags([TagUpdate.from_event(shown, 0, 0)], "tags")
+            await store.record_feedback([Consumed(e, "feedback", 0, i) for i, e in enumerate(feed.events)])
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+    with psycopg.connect(url) as conn:
+        arms = arm_feedback(conn, day, day + timedelta(days=1))
+    assert arms == {"7": (10, 4, 0, 0)}  # t2's impressions, clicks and reject are the exploration's
