@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-
-def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:32} {value}")
+from shared.cli_output import print_result
 
 
 def bench_tagger_cmd(
@@ -32,7 +26,7 @@ def bench_tagger_cmd(
     from bench.tagger import run_bench
 
     result = run_bench(n=n, batch_size=batch_size, max_inflight=max_inflight)
-    _print(result, as_json)
+    print_result(result, as_json)
 
 
 def bench_feedback_cmd(
@@ -69,7 +63,7 @@ def bench_feedback_cmd(
         n_events=events, batch_size=batch_size, stage_events=stage_events, engines=chosen, loads=shapes,
         baseline=baseline,
     )
-    _print(result, as_json)
+    print_result(result, as_json)
 
 
 def bench_learner_cmd(
@@ -81,7 +75,7 @@ def bench_learner_cmd(
     """Learner updates/s, and its lag behind the feedback topic at a fixed input rate."""
     from bench.learner import run_bench
 
-    _print(run_bench(rate=rate, seconds=seconds, kind=model), as_json)  # type: ignore[arg-type]
+    print_result(run_bench(rate=rate, seconds=seconds, kind=model), as_json)  # type: ignore[arg-type]
 
 
 def bench_train_cmd(
@@ -94,7 +88,7 @@ def bench_train_cmd(
     from bench.train import bench_train_epoch
     from shared.settings import Settings
 
-    _print(bench_train_epoch(Settings().data_dir, limit, batch_size, max_length), json_out)
+    print_result(bench_train_epoch(Settings().data_dir, limit, batch_size, max_length), json_out)
 
 def bench_fast_job_cmd(
     limit: Annotated[int | None, typer.Option(help="First N listings (default: all 20k).")] = None,
@@ -105,7 +99,7 @@ def bench_fast_job_cmd(
     from bench.fast_job import bench_fast_job
     from shared.settings import Settings
 
-    _print(bench_fast_job(Settings().data_dir, limit, flips), json_out)
+    print_result(bench_fast_job(Settings().data_dir, limit, flips), json_out)
 
 def bench_runtime_cmd(
     run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = (
@@ -126,7 +120,7 @@ def bench_runtime_cmd(
     texts = [r.text for r in load_records(config.data, config.format, n_texts)]
     with tempfile.TemporaryDirectory() as tmp:
         version_dir = export_run(run, Path(tmp), "tag_model", "onnx", also=("torchscript",))
-        _print(bench_serving_formats(version_dir, texts), json_out)
+        print_result(bench_serving_formats(version_dir, texts), json_out)
 
 
 def eval_loop_cmd(

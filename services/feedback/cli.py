@@ -11,21 +11,13 @@
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from shared.cli_output import print_result
 from shared.db import Migration
-
-
-def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:32} {value}")
 
 
 def all_migrations() -> list[Migration]:
@@ -86,7 +78,7 @@ def migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     from services.feedback.app import migrate
     from shared.settings import Settings
 
-    _print({"applied": migrate(Settings())}, as_json)
+    print_result({"applied": migrate(Settings())}, as_json)
 
 
 def verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -96,7 +88,7 @@ def verify_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 
     mismatches = recount_mismatches(Settings().database_url)
     exact = set(mismatches.values()) <= {0}
-    _print({"exact": exact, "mismatched_rows": mismatches}, as_json)
+    print_result({"exact": exact, "mismatched_rows": mismatches}, as_json)
     if not exact:
         raise typer.Exit(1)
 
@@ -115,7 +107,7 @@ def prune_cmd(
 
     cutoff = datetime.now(UTC) - timedelta(days=ids_older_than_days)
     deleted = prune_event_ids(Settings().database_url, cutoff)
-    _print({"cutoff": cutoff.isoformat(), "event_ids_deleted": deleted}, as_json)
+    print_result({"cutoff": cutoff.isoformat(), "event_ids_deleted": deleted}, as_json)
 
 
 def db_migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -124,7 +116,7 @@ def db_migrate_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     from shared.settings import Settings
 
     applied = apply_migrations(Settings(), all_migrations())
-    _print({"applied": [f"{m.service}:{m.version}:{m.name}" for m in applied]}, as_json)
+    print_result({"applied": [f"{m.service}:{m.version}:{m.name}" for m in applied]}, as_json)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -16,15 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
+from shared.cli_output import print_result
+
 OPENAPI_PATH = Path("schemas/learner-openapi.json")
 
 
-def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, sort_keys=True))
-        return
-    for key, value in result.items():
-        typer.echo(f"{key:32} {value}")
 
 
 def _serve_http(app: Any, host: str, port: int) -> None:
@@ -122,7 +118,7 @@ def eval_affinity_cmd(
             "adagrad": ls.adagrad if adagrad is None else adagrad,
         },
     )
-    _print(result, as_json)
+    print_result(result, as_json)
 
 
 def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) -> None:
