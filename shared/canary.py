@@ -122,7 +122,9 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
        ``canary_max_error_rate`` of ``max(requests, canary_min_requests)`` (so a few early
        errors cannot decide alone, but enough of them do before the minimum is reached); or,
        with ≥ ``canary_min_requests`` requests on both arms, candidate p99 latency over
-       ``canary_max_p99_latency_ratio`` × the champion's.
+       ``canary_max_p99_latency_ratio`` × the champion's, or candidate impressions per request
+       under ``canary_min_exposure_ratio`` × the champion's (it shows far fewer tags per listing:
+       lost coverage, which CTR and acceptance of the few tags it shows cannot see).
     2. **wait** while either arm has fewer than ``canary_min_impressions`` impressions or (when
        ``canary_min_judgements`` > 0) fewer merchant judgements than that.
     3. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided pooled
@@ -140,8 +142,7 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
     if candidate.errors > allowed_errors:
         return CanaryVerdict("rollback", [f"FAIL errors: {error_line}"])
     reasons.append(f"PASS errors: {error_line}")
-    latency_bad = _latency_check(champion, candidate, cfg, reasons)
-    if latency_bad:
+    if _latency_check(champion, candidate, cfg, reasons) or _exposure_check(champion, candidate, cfg, reasons):
         return CanaryVerdict("rollback", reasons)
 
     short = [
@@ -187,5 +188,24 @@ def _latency_check(champion: ArmStats, candidate: ArmStats, cfg: TrainerSettings
     reasons.append(
         f"{'FAIL' if bad else 'PASS'} latency: candidate p99 {b:.1f} ms vs champion {a:.1f} ms "
         f"(ratio {ratio:.2f}, limit {cfg.canary_max_p99_latency_ratio:g})"
+    )
+    return bad
+
+
+def _exposure_check(champion: ArmStats, candidate: ArmStats, cfg: TrainerSettings, reasons: list[str]) -> bool:
+    """Append the exposure reason; true when the candidate shows far fewer tags per listing.
+
+    Listings go to the arms by a hash of their id, so shoppers see both arms' listings alike and
+    impressions per tagging request measure how many tags an arm shows.
+    """
+    if min(champion.requests, candidate.requests) < cfg.canary_min_requests or champion.impressions <= 0:
+        reasons.append(f"SKIP exposure: needs ≥ {cfg.canary_min_requests} requests per arm and champion impressions")
+        return False
+    ratio = (candidate.impressions / candidate.requests) / (champion.impressions / champion.requests)
+    bad = ratio < cfg.canary_min_exposure_ratio
+    reasons.append(
+        f"{'FAIL' if bad else 'PASS'} exposure: candidate {candidate.impressions / candidate.requests:.2f} "
+        f"impressions per request vs champion {champion.impressions / champion.requests:.2f} "
+        f"(ratio {ratio:.2f}, minimum {cfg.canary_min_exposure_ratio:g})"
     )
     return bad

@@ -93,7 +93,7 @@ def test_equal_arms_over_the_minimum_sample_promote() -> None:
 
 
 def test_below_the_minimum_sample_wait() -> None:
-    v = canary_verdict(arm(), arm(impressions=400, clicks=1), CFG)
+    v = canary_verdict(arm(), arm(impressions=400, clicks=1, requests=80), CFG)
     assert v.action == "wait"
     assert "candidate has 400 impressions < 1000" in v.reasons[-1]
     assert canary_verdict(arm(), arm(accepts=10, rejects=5), CFG).action == "wait"  # 15 judgements < 30
@@ -122,6 +122,16 @@ def test_slow_candidate_rolls_back() -> None:
     assert canary_verdict(arm(p99=40.0), arm(p99=55.0), CFG).action == "promote"
     too_few = canary_verdict(arm(p99=40.0), arm(p99=400.0, requests=50), CFG)
     assert too_few.action == "promote" and any(r.startswith("SKIP latency") for r in too_few.reasons)
+
+
+def test_a_candidate_showing_far_fewer_tags_rolls_back() -> None:
+    # Same traffic per listing on both arms: 1.2 vs 5 impressions per listing is lost coverage,
+    # whatever the CTR of the few tags it still shows (here better than the champion's).
+    few = canary_verdict(arm(), arm(impressions=1_200, clicks=60, requests=1_000), CFG)
+    assert few.action == "rollback" and any(r.startswith("FAIL exposure") for r in few.reasons)
+    fewer_listings = canary_verdict(arm(requests=1_000), arm(impressions=600, clicks=12, requests=120), CFG)
+    assert any(r.startswith("SKIP exposure") for r in fewer_listings.reasons)  # 120 requests < 200
+    assert canary_verdict(arm(), arm(impressions=3_000, clicks=60, requests=1_000), CFG).action == "promote"
 
 
 def test_without_judgement_minimum_ctr_alone_decides() -> None:
