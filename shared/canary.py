@@ -66,7 +66,8 @@ class ArmStats:
     """What one arm (champion or candidate) did during the canary.
 
     ``requests`` / ``errors``: listings the arm was asked to tag and how many of them failed;
-    ``latency_p99_ms``: its tagging latency, ``None`` when not measured.
+    ``latency_p99_ms``: its tagging latency, ``None`` when not measured; ``listings``: the
+    listings whose shown tags got feedback (the feedback figures are over these).
     """
 
     impressions: int = 0
@@ -76,6 +77,7 @@ class ArmStats:
     requests: int = 0
     errors: int = 0
     latency_p99_ms: float | None = None
+    listings: int = 0  # listings whose shown tags got feedback
 
     @property
     def judgements(self) -> int:
@@ -122,9 +124,10 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
        ``canary_max_error_rate`` of ``max(requests, canary_min_requests)`` (so a few early
        errors cannot decide alone, but enough of them do before the minimum is reached); or,
        with ≥ ``canary_min_requests`` requests on both arms, candidate p99 latency over
-       ``canary_max_p99_latency_ratio`` × the champion's, or candidate impressions per request
-       under ``canary_min_exposure_ratio`` × the champion's (it shows far fewer tags per listing:
-       lost coverage, which CTR and acceptance of the few tags it shows cannot see).
+       ``canary_max_p99_latency_ratio`` × the champion's, or, with feedback on ≥ ``canary_min_requests``
+       listings of each arm, candidate impressions per listing under ``canary_min_exposure_ratio``
+       × the champion's (it shows far fewer tags per listing, which CTR and acceptance of the few
+       tags it shows cannot see).
     2. **wait** while either arm has fewer than ``canary_min_impressions`` impressions or (when
        ``canary_min_judgements`` > 0) fewer merchant judgements than that.
     3. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided pooled
@@ -196,16 +199,16 @@ def _exposure_check(champion: ArmStats, candidate: ArmStats, cfg: TrainerSetting
     """Append the exposure reason; true when the candidate shows far fewer tags per listing.
 
     Listings go to the arms by a hash of their id, so shoppers see both arms' listings alike and
-    impressions per tagging request measure how many tags an arm shows.
+    impressions per listing measure how many tags an arm shows on a listing.
     """
-    if min(champion.requests, candidate.requests) < cfg.canary_min_requests or champion.impressions <= 0:
-        reasons.append(f"SKIP exposure: needs ≥ {cfg.canary_min_requests} requests per arm and champion impressions")
+    if min(champion.listings, candidate.listings) < cfg.canary_min_requests or champion.impressions <= 0:
+        reasons.append(f"SKIP exposure: needs feedback on ≥ {cfg.canary_min_requests} listings per arm")
         return False
-    ratio = (candidate.impressions / candidate.requests) / (champion.impressions / champion.requests)
+    mine, theirs = candidate.impressions / candidate.listings, champion.impressions / champion.listings
+    ratio = mine / theirs
     bad = ratio < cfg.canary_min_exposure_ratio
     reasons.append(
-        f"{'FAIL' if bad else 'PASS'} exposure: candidate {candidate.impressions / candidate.requests:.2f} "
-        f"impressions per request vs champion {champion.impressions / champion.requests:.2f} "
-        f"(ratio {ratio:.2f}, minimum {cfg.canary_min_exposure_ratio:g})"
+        f"{'FAIL' if bad else 'PASS'} exposure: candidate {mine:.2f} impressions per listing vs champion "
+        f"{theirs:.2f} (ratio {ratio:.2f}, minimum {cfg.canary_min_exposure_ratio:g})"
     )
     return bad

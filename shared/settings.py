@@ -194,7 +194,7 @@ class TrainerSettings(BaseModel):
     canary_alpha: float = Field(0.05, gt=0, lt=1)  # one-sided z-test level for "the candidate is worse"
     canary_max_error_rate: float = Field(0.01, ge=0, le=1)  # failed tagging requests of the candidate
     canary_max_p99_latency_ratio: float = Field(1.5, ge=1)  # candidate p99 / champion p99
-    canary_min_exposure_ratio: float = Field(0.5, ge=0, le=1)  # candidate / champion impressions per request
+    canary_min_exposure_ratio: float = Field(0.5, ge=0, le=1)  # candidate / champion impressions per listing
 
     # --- exploration ------------------------------------------------------------------------
     # Share of below-threshold candidate tags published as exploratory, so feedback can confirm

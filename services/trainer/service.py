@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -74,18 +74,19 @@ class TickResult:
 
 
 def arm_feedback(conn: psycopg.Connection[Any], since: datetime, until: datetime | None = None
-                 ) -> dict[str, tuple[int, int, int, int]]:
-    """Per model version: impressions, clicks, accepts and rejects of the tags it chose to show.
+                 ) -> dict[str, tuple[int, int, int, int, int]]:
+    """Per model version: impressions, clicks, accepts, rejects and listings of the tags it chose to show.
 
     Exploratory tags are left out: they are the exploration policy's guesses (mostly wrong, so
     rarely clicked), and how many an arm gets depends on how many of its candidates fall under
-    their thresholds, not on how good its shown tags are.
+    their thresholds, not on how good its shown tags are. ``listings`` counts the listings whose
+    shown tags got any feedback.
     """
     rows = conn.execute(
-        "SELECT model_version, sum(impressions), sum(clicks), sum(accepts), sum(rejects)"
+        "SELECT model_version, sum(impressions), sum(clicks), sum(accepts), sum(rejects), count(DISTINCT listing_id)"
         " FROM feedback_tag_labels(%s, %s) WHERE NOT coalesce(exploratory, false) GROUP BY model_version",
         (since, until)).fetchall()  # fmt: skip
-    return {str(v): (int(i), int(c), int(a), int(r)) for v, i, c, a, r in rows if v is not None}
+    return {str(v): (int(i), int(c), int(a), int(r), int(n)) for v, i, c, a, r, n in rows if v is not None}
 
 
 class TrainerService:
@@ -281,17 +282,15 @@ class TrainerService:
                 "SELECT version, sum(requests), sum(errors), max(p99_seconds) FROM tagger_arm_stats"
                 " WHERE model_name = %s AND updated_at >= %s GROUP BY version", (self.model, since)).fetchall()
         by_version = {str(v): v for v in versions}
-        for version, (imp, clicks, acc, rej) in rows.items():
+        for version, (imp, clicks, acc, rej, listings) in rows.items():
             if version in by_version:
                 v = by_version[version]
-                out[v] = ArmStats(int(imp), int(clicks), int(acc), int(rej), out[v].requests, out[v].errors,
-                                  out[v].latency_p99_ms)
+                out[v] = replace(out[v], impressions=imp, clicks=clicks, accepts=acc, rejects=rej, listings=listings)
         for version, requests, errors, p99 in served:
             if version in by_version:
                 v = by_version[version]
-                a = out[v]
-                out[v] = ArmStats(a.impressions, a.clicks, a.accepts, a.rejects, int(requests), int(errors),
-                                  float(p99) * 1000 if p99 is not None else None)
+                out[v] = replace(out[v], requests=int(requests), errors=int(errors),
+                                 latency_p99_ms=float(p99) * 1000 if p99 is not None else None)
         return out
 
     def _canary(self) -> int | None:

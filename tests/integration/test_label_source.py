@@ -250,4 +250,4 @@ def test_canary_arms_are_judged_on_the_tags_they_chose_to_show(migrated: str) ->
     asyncio.run(go())
     with psycopg.connect(url) as conn:
         arms = arm_feedback(conn, day, day + timedelta(days=1))
-    assert arms == {"7": (10, 4, 0, 0)}  # t2's impressions, clicks and reject are the exploration's
+    assert arms == {"7": (10, 4, 0, 0, 1)}  # t2's impressions, clicks and reject are the exploration's

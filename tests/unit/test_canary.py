@@ -82,8 +82,9 @@ def arm(
     requests: int = 1_000,
     errors: int = 0,
     p99: float | None = 40.0,
+    listings: int = 1_000,
 ) -> ArmStats:
-    return ArmStats(impressions, clicks, accepts, rejects, requests, errors, p99)
+    return ArmStats(impressions, clicks, accepts, rejects, requests, errors, p99, listings)
 
 
 def test_equal_arms_over_the_minimum_sample_promote() -> None:
@@ -93,7 +94,7 @@ def test_equal_arms_over_the_minimum_sample_promote() -> None:
 
 
 def test_below_the_minimum_sample_wait() -> None:
-    v = canary_verdict(arm(), arm(impressions=400, clicks=1, requests=80), CFG)
+    v = canary_verdict(arm(), arm(impressions=400, clicks=1, listings=80), CFG)
     assert v.action == "wait"
     assert "candidate has 400 impressions < 1000" in v.reasons[-1]
     assert canary_verdict(arm(), arm(accepts=10, rejects=5), CFG).action == "wait"  # 15 judgements < 30
@@ -109,9 +110,9 @@ def test_worse_ctr_or_acceptance_roll_back() -> None:
 
 
 def test_errors_roll_back_even_before_the_minimum_sample() -> None:
-    early = canary_verdict(arm(), arm(impressions=10, requests=20, errors=1), CFG)
+    early = canary_verdict(arm(), arm(impressions=10, requests=20, errors=1, listings=5), CFG)
     assert early.action == "wait"  # 1 error may be bad luck: 1 ≤ 1 % of 200
-    many = canary_verdict(arm(), arm(impressions=10, requests=20, errors=3), CFG)
+    many = canary_verdict(arm(), arm(impressions=10, requests=20, errors=3, listings=5), CFG)
     assert many.action == "rollback" and many.reasons[0].startswith("FAIL errors")
     assert canary_verdict(arm(), arm(requests=1_000, errors=11), CFG).action == "rollback"  # 1.1 % > 1 %
 
@@ -125,13 +126,16 @@ def test_slow_candidate_rolls_back() -> None:
 
 
 def test_a_candidate_showing_far_fewer_tags_rolls_back() -> None:
-    # Same traffic per listing on both arms: 1.2 vs 5 impressions per listing is lost coverage,
-    # whatever the CTR of the few tags it still shows (here better than the champion's).
-    few = canary_verdict(arm(), arm(impressions=1_200, clicks=60, requests=1_000), CFG)
+    # Shoppers see both arms' listings alike: 1.2 vs 5 impressions per listing is tags not shown,
+    # whatever the CTR of the few it still shows (here better than the champion's).
+    few = canary_verdict(arm(), arm(impressions=1_200, clicks=60, listings=1_000), CFG)
     assert few.action == "rollback" and any(r.startswith("FAIL exposure") for r in few.reasons)
-    fewer_listings = canary_verdict(arm(requests=1_000), arm(impressions=600, clicks=12, requests=120), CFG)
-    assert any(r.startswith("SKIP exposure") for r in fewer_listings.reasons)  # 120 requests < 200
-    assert canary_verdict(arm(), arm(impressions=3_000, clicks=60, requests=1_000), CFG).action == "promote"
+    # the canary's share of listings (and of Triton requests) is smaller: per listing, it is alike
+    share = canary_verdict(arm(listings=900, requests=90), arm(impressions=500, clicks=10, listings=100, requests=30),
+                           TrainerSettings(canary_min_impressions=100, canary_min_requests=20))
+    assert any(r.startswith("PASS exposure") for r in share.reasons) and share.action == "promote"
+    early = canary_verdict(arm(), arm(impressions=100, clicks=12, listings=120), CFG)
+    assert any(r.startswith("SKIP exposure") for r in early.reasons)  # 120 listings < 200
 
 
 def test_without_judgement_minimum_ctr_alone_decides() -> None:
