@@ -19,6 +19,8 @@ micro-F1 (test side). Checks:
 
 Run: ``python -m bench.catalogs [--data ../shared/data] [--only a,b] [--limit N]`` (prints JSON;
 ``--markdown FILE`` also writes the table). Results: ``bench/results/catalogs.md``.
+``--export FILE --only NAME`` writes one check's catalog as JSON lines instead (shuffled), the
+input of ``tagloop train|eval loop --data FILE --format jsonl`` (``bench/results/loop.md``).
 """
 
 from __future__ import annotations
@@ -113,6 +115,17 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_jsonl(records: Sequence[Record], path: Path, seed: int = 0) -> None:
+    """``records`` as the JSON lines :func:`shared.catalog.readers.read_jsonl` reads, in a shuffled order."""
+    import random
+
+    order = list(records)
+    random.Random(seed).shuffle(order)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in order:
+            fh.write(json.dumps({"id": r.id, "text": r.text, "labels": list(r.labels)}, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     from services.trainer.embeddings import EmbeddingCache, PretrainedEncoder
 
@@ -122,7 +135,12 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(CHECKS), help="comma-separated checks")
     parser.add_argument("--limit", type=int, default=None, help="at most N listings per check")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--export", type=Path, default=None, help="write the --only check's catalog as JSON lines")
     args = parser.parse_args()
+    if args.export is not None:
+        build, _ = CHECKS[args.only]
+        export_jsonl(build(args.data, args.limit), args.export)
+        return
     encoder, cache = PretrainedEncoder(64), EmbeddingCache(args.cache)
     results = {}
     for name in [x.strip() for x in args.only.split(",") if x.strip()]:

@@ -128,11 +128,13 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
        listings of each arm, candidate impressions per listing under ``canary_min_exposure_ratio``
        × the champion's (it shows far fewer tags per listing, which CTR and acceptance of the few
        tags it shows cannot see).
-    2. **wait** while either arm has fewer than ``canary_min_impressions`` impressions or (when
-       ``canary_min_judgements`` > 0) fewer merchant judgements than that.
-    3. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided pooled
+    2. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided pooled
        two-proportion z-test (:func:`one_sided_p_worse`) of "candidate rate < champion rate" has
-       p < ``canary_alpha``. Tests run only once the minimum sample is reached (no early peeking).
+       p < ``canary_alpha``. Each rate is tested once both arms have its minimum sample
+       (``canary_min_impressions`` impressions for CTR, ``canary_min_judgements`` merchant
+       judgements for acceptance), so a clearly worse CTR rolls back without waiting for
+       judgements (fail fast).
+    3. **wait** while either arm is short of either minimum (pass slow).
     4. **promote** otherwise: not worse on CTR and acceptance over the minimum sample.
     """
     cfg = settings
@@ -148,27 +150,20 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
     if _latency_check(champion, candidate, cfg, reasons) or _exposure_check(champion, candidate, cfg, reasons):
         return CanaryVerdict("rollback", reasons)
 
-    short = [
-        f"{arm} has {n} {what} < {minimum}"
-        for arm, stats in (("champion", champion), ("candidate", candidate))
-        for what, n, minimum in (
-            ("impressions", stats.impressions, cfg.canary_min_impressions),
-            ("judgements", stats.judgements, cfg.canary_min_judgements),
-        )
-        if n < minimum
-    ]
-    if short:
-        return CanaryVerdict("wait", [*reasons, "WAIT sample: " + "; ".join(short)])
-
-    worse = False
-    comparisons = [("CTR", champion.clicks, champion.impressions, candidate.clicks, candidate.impressions)]
-    if champion.judgements and candidate.judgements:
-        comparisons.append(
-            ("acceptance", champion.accepts, champion.judgements, candidate.accepts, candidate.judgements)
-        )
+    worse, short = False, []
+    metrics = [("CTR", "impressions", cfg.canary_min_impressions, champion.clicks, champion.impressions,
+                candidate.clicks, candidate.impressions)]  # fmt: skip
+    if cfg.canary_min_judgements > 0 or (champion.judgements and candidate.judgements):
+        metrics.append(("acceptance", "judgements", cfg.canary_min_judgements, champion.accepts, champion.judgements,
+                        candidate.accepts, candidate.judgements))  # fmt: skip
     else:
         reasons.append("SKIP acceptance: no merchant judgements and canary_min_judgements = 0")
-    for name, s_a, n_a, s_b, n_b in comparisons:
+    for name, unit, minimum, s_a, n_a, s_b, n_b in metrics:
+        missing = [f"{arm} has {n} {unit} < {minimum}" for arm, n in (("champion", n_a), ("candidate", n_b))
+                   if n < max(minimum, 1)]  # fmt: skip
+        if missing:
+            short += missing
+            continue
         p = one_sided_p_worse(s_a, n_a, s_b, n_b)
         bad = p < cfg.canary_alpha
         worse |= bad
@@ -177,7 +172,11 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
             f"vs champion {s_a / n_a:.4f} ({n_a}), "
             f"one-sided p(worse) = {p:.4f} {'<' if bad else '≥'} α {cfg.canary_alpha:g}"
         )
-    return CanaryVerdict("rollback" if worse else "promote", reasons)
+    if worse:
+        return CanaryVerdict("rollback", reasons)
+    if short:
+        return CanaryVerdict("wait", [*reasons, "WAIT sample: " + "; ".join(short)])
+    return CanaryVerdict("promote", reasons)
 
 
 def _latency_check(champion: ArmStats, candidate: ArmStats, cfg: TrainerSettings, reasons: list[str]) -> bool:

@@ -109,6 +109,15 @@ def test_worse_ctr_or_acceptance_roll_back() -> None:
     assert any(r.startswith("FAIL acceptance") for r in acc.reasons)
 
 
+def test_a_clearly_worse_ctr_rolls_back_before_judgements_arrive() -> None:
+    few_judgements = {"accepts": 8, "rejects": 3}  # 11 < 30
+    bad = canary_verdict(arm(), arm(clicks=40, **few_judgements), CFG)  # 0.8 % vs 2 % CTR
+    assert bad.action == "rollback" and any(r.startswith("FAIL CTR") for r in bad.reasons)
+    fine = canary_verdict(arm(), arm(clicks=100, **few_judgements), CFG)
+    assert fine.action == "wait" and any(r.startswith("PASS CTR") for r in fine.reasons)
+    assert "candidate has 11 judgements < 30" in fine.reasons[-1]
+
+
 def test_errors_roll_back_even_before_the_minimum_sample() -> None:
     early = canary_verdict(arm(), arm(impressions=10, requests=20, errors=1, listings=5), CFG)
     assert early.action == "wait"  # 1 error may be bad luck: 1 ≤ 1 % of 200
