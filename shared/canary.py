@@ -61,6 +61,35 @@ def exploratory_pick(listing_id: str, candidates: Iterable[str], share: float, m
     return [tag for _, tag in scored[:max_n]]
 
 
+def exploration_propensity(candidates: int, share: float, max_n: int) -> float:
+    """The probability that :func:`exploratory_pick` picks a given one of ``candidates`` tags.
+
+    Each candidate's hash is uniform on [0, 1); a tag is picked when its hash is under ``share``
+    and at most ``max_n - 1`` of the other candidates' hashes are smaller. With one candidate, or
+    no cap in reach, it is ``share``; with many candidates and ``max_n = 1`` about ``1 / candidates``.
+
+    >>> exploration_propensity(1, 0.3, 1)
+    0.3
+    >>> round(exploration_propensity(10, 0.3, 1), 4)  # (1 - 0.7**10) / 10
+    0.0972
+    >>> round(exploration_propensity(2, 0.3, 5), 4)
+    0.3
+    """
+    k, s = max(int(candidates), 1), min(max(share, 0.0), 1.0)
+    if max_n <= 0 or s == 0.0:
+        return 0.0
+    if k <= max_n:
+        return s
+    # ∫_0^s P(fewer than max_n of the k-1 others fall below u) du, by the midpoint rule (smooth
+    # polynomial integrand: 400 points are exact to ~1e-6).
+    steps = 400
+    total = 0.0
+    for i in range(steps):
+        u = (i + 0.5) * s / steps
+        total += sum(math.comb(k - 1, j) * u**j * (1.0 - u) ** (k - 1 - j) for j in range(max_n))
+    return total * s / steps
+
+
 @dataclass(frozen=True)
 class ArmStats:
     """What one arm (champion or candidate) did during the canary.

@@ -11,7 +11,11 @@ left out only the explored ones, each picked with probability ``exploration_shar
 (:func:`shared.canary.exploratory_pick`). Unweighted, the recent score therefore counts the
 champion's misses ``1/share`` times too rarely and favours it over any candidate that learnt
 from feedback (measured: a candidate +3.5 golden micro-F1 points better scored 0.06 lower).
-Exploratory labels are weighted by ``1/share`` (inverse propensity) to undo that.
+Exploratory labels are weighted by the inverse of the probability that the tag was explored
+(inverse propensity) to undo that. That probability is ``share`` only while the per-listing cap
+(``exploration_max_tags_per_listing``) is out of reach; a listing with many below-threshold
+candidates explores each of them less often (:func:`shared.canary.exploration_propensity`), so
+:func:`exploration_weights` recounts each explored listing's candidates with the champion.
 
 Embeddings go through the job's :class:`~services.trainer.embeddings.EmbeddingCache`: a
 candidate that kept the champion's encoder is scored without embedding anything twice.
@@ -29,8 +33,9 @@ from services.trainer.evaluate import tag_metrics
 from services.trainer.feedback_labels import Label
 from services.trainer.gate import GoldenMetrics, ModelScores, SliceMetric
 from services.trainer.job_input import FastJobInput, JobRecord, label_arrays
-from shared.canary import unit_hash
+from shared.canary import exploration_propensity, unit_hash
 from shared.events import TagKind
+from shared.settings import TrainerSettings
 from shared.tagmodel.card import load_model_card
 from shared.tagmodel.decide import decide
 from shared.tagmodel.head import TagHead
@@ -41,16 +46,46 @@ def is_recent_holdout(listing_id: str, share: float = 0.2, salt: str = "recent-h
     return unit_hash(salt, listing_id) < share
 
 
-def decisions(version_dir: Path, texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
-    """The version's tag decisions ``[n, n_tags]`` (bool) for ``texts``, as served."""
+def probabilities(version_dir: Path, texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
+    """The version's calibrated tag probabilities ``[n, n_tags]`` for ``texts``, as served."""
     card = load_model_card(version_dir)
     if not texts:
-        return np.zeros((0, len(card.vocabulary)), dtype=bool)
+        return np.zeros((0, len(card.vocabulary)))
     embeddings = embed_texts(VersionEncoder(version_dir), list(texts), cache)
     logits = TagHead.load(version_dir).logits(list(texts), embeddings)
-    probs = 1.0 / (1.0 + np.exp(-logits / card.temperature))
-    pred, _ = decide(probs, card)
+    return np.asarray(1.0 / (1.0 + np.exp(-logits / card.temperature)))
+
+
+def decisions(version_dir: Path, texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
+    """The version's tag decisions ``[n, n_tags]`` (bool) for ``texts``, as served."""
+    pred, _ = decide(probabilities(version_dir, texts, cache), load_model_card(version_dir))
     return np.asarray(pred, dtype=bool)
+
+
+def exploration_weights(
+    version_dir: Path, labels: Sequence[Label], texts: Mapping[str, str], cfg: TrainerSettings,
+    cache: EmbeddingCache | None = None,
+) -> dict[tuple[str, str], float]:
+    """``1 / p(explored)`` of each exploratory label, with the candidates ``version_dir`` had.
+
+    The candidates of a listing are its tags scored in [``exploration_min_score``, threshold)
+    (:func:`shared.tagmodel.decide.exploratory_tags`); the explored tag is one of them.
+    """
+    explored = [x for x in labels if x.exploratory and x.listing_id in texts]
+    if not explored or cfg.exploration_share <= 0:
+        return {}
+    card = load_model_card(version_dir)
+    listings = sorted({x.listing_id for x in explored})
+    probs = probabilities(version_dir, [texts[lid] for lid in listings], cache)
+    shown, _ = decide(probs, card)
+    thresholds = np.asarray(card.thresholds, dtype=np.float64)
+    candidates = ((probs >= cfg.exploration_min_score) & (probs < thresholds) & ~shown).sum(axis=1)
+    count = dict(zip(listings, candidates.tolist(), strict=True))
+    return {
+        x.key: 1.0 / exploration_propensity(
+            max(count[x.listing_id], 1), cfg.exploration_share, cfg.exploration_max_tags_per_listing)
+        for x in explored
+    }  # fmt: skip
 
 
 def golden_metrics(
@@ -74,8 +109,12 @@ def golden_metrics(
                          coverage=float(metrics["coverage"]), per_tag=per_tag)
 
 
-def weighted_f1(said: Callable[[Label], bool], labels: Sequence[Label], exploration_share: float = 0.0) -> float | None:
-    """F1 of decisions ``said(label)`` against weighted labels, exploratory ones weighted ``1/share``.
+def weighted_f1(
+    said: Callable[[Label], bool], labels: Sequence[Label], exploration_share: float = 0.0,
+    explored_weights: Mapping[tuple[str, str], float] | None = None,
+) -> float | None:
+    """F1 of decisions ``said(label)`` against weighted labels, exploratory ones weighted ``1/share``
+    (or by ``explored_weights[(listing, tag)]`` where given: :func:`exploration_weights`).
 
     ``None`` when there is nothing to score. A champion that showed ``t1`` (judged right) and
     missed ``t2`` (explored and judged right) against a candidate saying both:
@@ -89,8 +128,9 @@ def weighted_f1(said: Callable[[Label], bool], labels: Sequence[Label], explorat
     """
     explored_weight = 1.0 / exploration_share if exploration_share > 0 else 1.0
     tp = fp = fn = 0.0
+    explored_weights = explored_weights or {}
     for x in labels:
-        weight = x.weight * (explored_weight if x.exploratory else 1.0)
+        weight = x.weight * (explored_weights.get(x.key, explored_weight) if x.exploratory else 1.0)
         if said(x) and x.label:
             tp += weight
         elif said(x):
@@ -103,7 +143,7 @@ def weighted_f1(said: Callable[[Label], bool], labels: Sequence[Label], explorat
 
 def recent_score(
     version_dir: Path, labels: Sequence[Label], texts: Mapping[str, str], cache: EmbeddingCache | None = None,
-    exploration_share: float = 0.0,
+    exploration_share: float = 0.0, explored_weights: Mapping[tuple[str, str], float] | None = None,
 ) -> tuple[float | None, int]:
     """:func:`weighted_f1` of the version's decisions against feedback labels; (None, 0) without any."""
     index = {e.tag_id: j for j, e in enumerate(load_model_card(version_dir).vocabulary)}
@@ -113,13 +153,18 @@ def recent_score(
     listings = sorted({x.listing_id for x in usable})
     row = {lid: i for i, lid in enumerate(listings)}
     pred = decisions(version_dir, [texts[lid] for lid in listings], cache)
-    return weighted_f1(lambda x: bool(pred[row[x.listing_id], index[x.tag_id]]), usable, exploration_share), len(usable)
+
+    def said(x: Label) -> bool:
+        return bool(pred[row[x.listing_id], index[x.tag_id]])
+
+    return weighted_f1(said, usable, exploration_share, explored_weights), len(usable)
 
 
 def score(
     version_dir: Path, golden: Sequence[JobRecord], recent: Sequence[Label], texts: Mapping[str, str],
     cache: EmbeddingCache | None = None, exploration_share: float = 0.0,
+    explored_weights: Mapping[tuple[str, str], float] | None = None,
 ) -> ModelScores:
     """What the gate compares: golden metrics and the recent-feedback score of one version."""
-    value, n = recent_score(version_dir, recent, texts, cache, exploration_share)
+    value, n = recent_score(version_dir, recent, texts, cache, exploration_share, explored_weights)
     return ModelScores(golden=golden_metrics(version_dir, golden, cache), recent=value, recent_examples=n)

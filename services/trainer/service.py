@@ -37,7 +37,7 @@ from services.trainer.gate import Decision, decide
 from services.trainer.job_input import FastJobInput, JobRecord
 from services.trainer.label_source import build_training_labels
 from services.trainer.model_ops import ModelOps
-from services.trainer.scoring import is_recent_holdout, score
+from services.trainer.scoring import exploration_weights, is_recent_holdout, score
 from services.trainer.triggers import Trigger, TriggerSnapshot, WindowStats, evaluate_triggers
 from shared.canary import ArmStats, CanaryVerdict, canary_verdict
 from shared.events import utc_now
@@ -189,9 +189,12 @@ class TrainerService:
 
     def gate(self, candidate_dir: Path, champion_dir: Path | None, recent: Sequence[Label]) -> Decision:
         texts, golden = self.data.texts, self.data.golden
-        share = self.settings.trainer.exploration_share
-        candidate = score(candidate_dir, golden, recent, texts, self.cache, share)
-        champion = score(champion_dir, golden, recent, texts, self.cache, share) if champion_dir is not None else None
+        cfg = self.settings.trainer
+        # The champion chose what was explored: its candidates give each explored label's propensity.
+        weights = exploration_weights(champion_dir, recent, texts, cfg, self.cache) if champion_dir else None
+        candidate = score(candidate_dir, golden, recent, texts, self.cache, cfg.exploration_share, weights)
+        champion = (score(champion_dir, golden, recent, texts, self.cache, cfg.exploration_share, weights)
+                    if champion_dir is not None else None)  # fmt: skip
         return decide(candidate, champion, self.settings.trainer)
 
     def start_canary(self, version: int) -> None:

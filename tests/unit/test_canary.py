@@ -10,6 +10,7 @@ import pytest
 from shared.canary import (
     ArmStats,
     canary_verdict,
+    exploration_propensity,
     exploratory_pick,
     one_sided_p_worse,
     routes_to_candidate,
@@ -57,6 +58,15 @@ def test_unit_hash_separates_its_parts() -> None:
 def test_exploration_picks_about_its_share_of_candidate_tags() -> None:
     picked = sum(len(exploratory_pick(i, ["t1"], share=0.02, max_n=1, salt="x")) for i in IDS)
     assert abs(picked / len(IDS) - 0.02) < 0.002
+
+
+@pytest.mark.parametrize(("k", "max_n"), [(1, 1), (4, 1), (12, 1), (12, 3)])
+def test_exploration_propensity_is_how_often_a_candidate_is_picked(k: int, max_n: int) -> None:
+    tags = [f"t{i}" for i in range(k)]
+    n = 20_000
+    picked = sum("t0" in exploratory_pick(f"l{i}", tags, 0.3, max_n, "salt") for i in range(n))
+    expected = exploration_propensity(k, 0.3, max_n)
+    assert abs(picked / n - expected) < 4 * (expected * (1 - expected) / n) ** 0.5 + 1e-9
 
 
 def test_exploration_is_deterministic_capped_and_order_independent() -> None:

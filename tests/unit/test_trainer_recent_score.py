@@ -42,3 +42,11 @@ def test_unweighted_score_flatters_the_champion_that_chose_the_judged_cells() ->
 
 def test_nothing_to_score() -> None:
     assert weighted_f1(lambda x: True, [], SHARE) is None
+
+
+def test_per_label_propensities_override_the_share() -> None:
+    # The cap of one guess per listing: with 3 candidates each was explored 1 time in ~8.4, not in 4.
+    labels, champion, _ = judged_world()
+    weights = {x.key: 8.4 for x in labels if x.exploratory}
+    got = weighted_f1(lambda x: x.listing_id in champion, labels, SHARE, weights)
+    assert got == f1(tp=20, fp=10, fn=int(5 * 8.4))
