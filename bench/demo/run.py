@@ -126,15 +126,21 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     database = f"tagloop_demo_{uuid.uuid4().hex[:8]}"
     loop: DemoLoop | None = None
     code = 1
+    interrupted = _InterruptFlag()
     try:
         with console.status("starting the local stack (broker, Postgres, Triton)…"):
             settings = stack.up(settings, database=database, triton_models=[settings.triton.tag_model]).apply(settings)
         loop = DemoLoop(settings, catalog, quick, options, console)
         code = loop.run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as exc:
+        # Ctrl-C inside a C extension's call (the Kafka producer's flush) can surface as another
+        # error, e.g. SystemError; after a Ctrl-C any error is the interruption, not a failure.
+        if not (isinstance(exc, KeyboardInterrupt) or interrupted.seen):
+            raise
         console.print("[yellow]interrupted: stopping every process the demo started[/]")
         code = 130
     finally:
+        interrupted.restore()
         if loop is not None:
             loop.stop(keep=options.keep and code != 130)
         if options.keep and code != 130:
@@ -144,6 +150,26 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             _drop_database(settings.database_url, database)
             console.print("local stack and services stopped")
     return code
+
+
+class _InterruptFlag:
+    """Remembers a Ctrl-C (SIGINT) while the demo runs; Python's KeyboardInterrupt still follows."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.seen = False
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
 
 
 class DemoLoop:

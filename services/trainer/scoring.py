@@ -15,7 +15,9 @@ Exploratory labels are weighted by the inverse of the probability that the tag w
 (inverse propensity) to undo that. That probability is ``share`` only while the per-listing cap
 (``exploration_max_tags_per_listing``) is out of reach; a listing with many below-threshold
 candidates explores each of them less often (:func:`shared.canary.exploration_propensity`), so
-:func:`exploration_weights` recounts each explored listing's candidates with the champion.
+:func:`exploration_weights` recounts each explored listing's candidates with the champion. The
+weights are clipped (``gate_explored_max_weight``, 10): unclipped, a demo run's recent score
+hung on a few explored labels weighing ~30 each (both models scored 0.14).
 
 Embeddings go through the job's :class:`~services.trainer.embeddings.EmbeddingCache`: a
 candidate that kept the champion's encoder is scored without embedding anything twice.
@@ -66,7 +68,8 @@ def exploration_weights(
     version_dir: Path, labels: Sequence[Label], texts: Mapping[str, str], cfg: TrainerSettings,
     cache: EmbeddingCache | None = None,
 ) -> dict[tuple[str, str], float]:
-    """``1 / p(explored)`` of each exploratory label, with the candidates ``version_dir`` had.
+    """``1 / p(explored)`` of each exploratory label, with the candidates ``version_dir`` had,
+    clipped at ``gate_explored_max_weight``.
 
     The candidates of a listing are its tags scored in [``exploration_min_score``, threshold)
     (:func:`shared.tagmodel.decide.exploratory_tags`); the explored tag is one of them.
@@ -82,8 +85,8 @@ def exploration_weights(
     candidates = ((probs >= cfg.exploration_min_score) & (probs < thresholds) & ~shown).sum(axis=1)
     count = dict(zip(listings, candidates.tolist(), strict=True))
     return {
-        x.key: 1.0 / exploration_propensity(
-            max(count[x.listing_id], 1), cfg.exploration_share, cfg.exploration_max_tags_per_listing)
+        x.key: min(cfg.gate_explored_max_weight, 1.0 / exploration_propensity(
+            max(count[x.listing_id], 1), cfg.exploration_share, cfg.exploration_max_tags_per_listing))
         for x in explored
     }  # fmt: skip
 
