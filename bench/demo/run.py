@@ -152,6 +152,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     return code
 
 
+DRAIN_S = 60.0  # after --duration: how long listings already produced may take to be tagged
+
+
 class _InterruptFlag:
     """Remembers a Ctrl-C (SIGINT) while the demo runs; Python's KeyboardInterrupt still follows."""
 
@@ -234,9 +237,14 @@ class DemoLoop:
         deadline = self.status.started + self.options.duration_s
         cursor, last_poll, last_line, after_promotion = 0, 0.0, 0.0, 0
         self.status.phase = "streaming listings"
-        while time.monotonic() < deadline:
-            due = int((time.monotonic() - self.status.started) * self.options.rate_per_s)
-            if cursor < min(due, len(stream)) and self.status.lag < 64:  # a steady flow; never bury the tagger
+        while True:
+            now = time.monotonic()
+            # Past the duration nothing new is produced, and what was produced is waited for
+            # (up to DRAIN_S), so that a run cut by --duration still accounts for every listing.
+            if now >= deadline and (self.status.lag == 0 or now >= deadline + DRAIN_S):
+                break
+            due = int((now - self.status.started) * self.options.rate_per_s)
+            if now < deadline and cursor < min(due, len(stream)) and self.status.lag < 64:  # never bury the tagger
                 chunk = stream[cursor:min(due, cursor + 32)]
                 produce_listings(self.settings, [listing_from_record(r) for r in chunk])
                 cursor += len(chunk)
