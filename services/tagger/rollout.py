@@ -119,10 +119,12 @@ class Rollout:
         to_candidate = [i for i, lid in enumerate(listing_ids) if routes_to_candidate(lid, self.share, self.salt)]
         picked = set(to_candidate)
         rest = [i for i in range(len(texts)) if i not in picked]
+        # A micro-batch may route every listing to one arm: the other is not called at all.
         cand_out, champ_out = await asyncio.gather(
             self._guarded(self.candidate, [texts[i] for i in to_candidate], [listing_ids[i] for i in to_candidate])
             if to_candidate else _none(),
-            self._timed(self.champion, [texts[i] for i in rest], [listing_ids[i] for i in rest]),
+            self._timed(self.champion, [texts[i] for i in rest], [listing_ids[i] for i in rest])
+            if rest else _nothing(),
         )
         out: list[Routed | None] = [None] * len(texts)
         for i, tags in zip(rest, champ_out, strict=True):
@@ -170,3 +172,7 @@ class Rollout:
 
 async def _none() -> None:
     return None
+
+
+async def _nothing() -> list[list[Tag]]:
+    return []

@@ -164,7 +164,10 @@ def tags_from_probs(
         ancestors are present, and when a predicted category maps to the taxonomy only the
         attributes it allows are kept (attributes with no taxonomy mapping always are).
     """
-    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape[0] == 0:  # no listings (Triton answers an empty request with 0 x 0 outputs)
+        return []
+    probs = np.atleast_2d(probs)
     if probs.shape[1] != len(card.vocabulary):
         raise ValueError(f"probs has {probs.shape[1]} columns, the card's vocabulary {len(card.vocabulary)} tags")
     entries: list[VocabEntry] = list(card.vocabulary)

@@ -103,3 +103,9 @@ def test_zero_shot_uses_the_card_calibration() -> None:
     scores = zs.scores(np.array([[0.3, 0.954], [1.0, 0.0]]))
     assert abs(scores[0, 0] - 0.5) < 1e-9  # similarity at the threshold -> 0.5
     assert abs(scores[1, 0] - 1 / (1 + np.exp(-7.0))) < 1e-9
+
+
+def test_no_listings_no_tags_whatever_shape_the_empty_answer_has() -> None:
+    # Triton answers a request of zero texts with 0 x 0 outputs (the PROBS width is dynamic).
+    assert tags_from_probs(np.zeros((0, 0)), CARD) == []
+    assert tags_from_probs(np.zeros((0, len(CARD.vocabulary))), CARD) == []
