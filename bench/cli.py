@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from services.trainer.cli import DEFAULT_RUN
 from shared.cli_output import print_result
 
 
@@ -102,9 +103,7 @@ def bench_fast_job_cmd(
     print_result(bench_fast_job(Settings().data_dir, limit, flips), json_out)
 
 def bench_runtime_cmd(
-    run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = (
-        Path("artifacts/tag_model")
-    ),
+    run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = DEFAULT_RUN,
     n_texts: int = 512,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

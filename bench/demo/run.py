@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import queue
 import secrets
+import signal
 import time
 import uuid
 from collections import Counter
@@ -159,8 +160,6 @@ class _InterruptFlag:
     """Remembers a Ctrl-C (SIGINT) while the demo runs; Python's KeyboardInterrupt still follows."""
 
     def __init__(self) -> None:
-        import signal
-
         self.seen = False
         self._previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -170,8 +169,6 @@ class _InterruptFlag:
         raise KeyboardInterrupt
 
     def restore(self) -> None:
-        import signal
-
         signal.signal(signal.SIGINT, self._previous)
 
 
@@ -379,8 +376,6 @@ def _print_keep(console: Console, settings: Settings, workdir: Path) -> None:
 
 def trainer_process(settings: Settings, data: TrainerData, notes: Any) -> None:
     """The trainer service's tick loop (what ``tagloop trainer run`` does), reporting each action."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the demo, which stops this process
     with TritonAdmin(settings.triton.http_url) as admin:
         registry = ModelRegistry(settings)

@@ -134,9 +134,10 @@ def weighted_f1(
     explored_weights = explored_weights or {}
     for x in labels:
         weight = x.weight * (explored_weights.get(x.key, explored_weight) if x.exploratory else 1.0)
-        if said(x) and x.label:
+        positive = said(x)
+        if positive and x.label:
             tp += weight
-        elif said(x):
+        elif positive:
             fp += weight
         elif x.label:
             fn += weight
