@@ -104,22 +104,19 @@ def bench_fast_job_cmd(
 
 def bench_runtime_cmd(
     run: Annotated[Path, typer.Option("--checkpoint", "--run", help="Run directory of `tagloop train`.")] = DEFAULT_RUN,
-    n_texts: int = 512,
+    data: Annotated[Path | None, typer.Option(help="Without a trained run: catalog of the quick model.")] = None,
+    format: Annotated[str, typer.Option("--format", help="flipkart | csv | jsonl")] = "flipkart",
+    limit: Annotated[int | None, typer.Option(help="Without a trained run: first N listings.")] = 4000,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """ONNX (onnxruntime) vs TorchScript serving of the same trained model, same texts."""
-    import tempfile
+    """Serving variants side by side (int8 vs float encoder, max_length, length buckets): items/s and F1
+    on the model's test split; with a trained run, ONNX vs TorchScript too."""
+    from bench.tag_runtime import run_bench
+    from shared.settings import Settings
 
-    from bench.train import bench_serving_formats
-    from services.trainer.export import export as export_run
-    from services.trainer.train import TrainConfig
-    from shared.catalog.readers import load_records
-
-    config = TrainConfig.model_validate_json((run / "config.json").read_text())
-    texts = [r.text for r in load_records(config.data, config.format, n_texts)]
-    with tempfile.TemporaryDirectory() as tmp:
-        version_dir = export_run(run, Path(tmp), "tag_model", "onnx", also=("torchscript",))
-        print_result(bench_serving_formats(version_dir, texts), json_out)
+    settings = Settings()
+    result = run_bench(run, data or settings.data_dir, format, limit, cache_dir=settings.state_dir / "embeddings")
+    print_result(result, json_out)
 
 
 def eval_loop_cmd(

@@ -51,6 +51,10 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
             bool,
             typer.Option(help="No fine-tuning: fit the head and thresholds over the pretrained MiniLM (minutes)."),
         ] = False,
+        encoder_precision: Annotated[
+            str, typer.Option(help="What the exported ONNX encoder serves: fp32 | int8 (faster on CPU; a "
+                              "listing's tags then depend on its batch neighbours).")
+        ] = "fp32",
     ) -> None:
         """Fine-tune MiniLM with a multi-label head, tune thresholds, evaluate, export."""
         from services.trainer.export import export as export_run
@@ -76,6 +80,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
             target_precision=target_precision,
             min_count=min_count,
             max_depth=max_depth,
+            encoder_precision=encoder_precision,  # type: ignore[arg-type]
         )
         if quick:  # embeddings cached by (encoder, text): a second run embeds only new listings
             repo = (repository or settings.triton_model_repository) if export else None
@@ -96,6 +101,9 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
         ),
         repository: Annotated[Path | None, typer.Option(help="Triton model repository.")] = None,
         format: Annotated[str, typer.Option("--format", help="onnx | torchscript")] = "onnx",
+        encoder_precision: Annotated[
+            str | None, typer.Option(help="fp32 | int8 (ONNX); default: the run's (fp32 unless trained with int8).")
+        ] = None,
     ) -> None:
         """Export a trained run as the next numbered version of the Triton tag model."""
         from services.trainer.export import export as export_run
@@ -107,6 +115,7 @@ def register(app: typer.Typer, eval_app: typer.Typer, bench_app: typer.Typer) ->
             repository or settings.triton_model_repository,
             settings.triton.tag_model,
             format,  # type: ignore[arg-type]
+            precision=encoder_precision,  # type: ignore[arg-type]
         )
         typer.echo(str(version_dir))
 

@@ -44,12 +44,12 @@ class VersionEncoder:
     """The encoder of an exported version (what Triton serves as ``EMBEDDING``), in process."""
 
     def __init__(self, version_dir: Path, batch_size: int = 64) -> None:
-        from shared.tagmodel.runtime import ONNX_FILE, TORCHSCRIPT_FILE, TagModelRuntime
+        from shared.tagmodel.runtime import TagModelRuntime
 
         self.runtime = TagModelRuntime(Path(version_dir))
         self.batch_size = batch_size
-        weights = ONNX_FILE if self.runtime.format == "onnx" else TORCHSCRIPT_FILE
-        self._key = f"{file_sha256(Path(version_dir) / weights)}:{self.runtime.max_length}"
+        # The served file: an int8 encoder embeds differently from the float one it came from.
+        self._key = f"{file_sha256(self.runtime.encoder_file)}:{self.runtime.max_length}"
 
     @property
     def key(self) -> str:

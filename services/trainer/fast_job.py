@@ -160,6 +160,7 @@ def fit_version(
     spec = VersionSpec(
         vocab=vocab, head=head, calibration=calibration, metrics=metrics, max_length=max_length,
         embedding_dim=int(emb.shape[1]), seed=config.seed, base_encoder=base_encoder,
+        encoder_precision=config.encoder_precision,
     )  # fmt: skip
     return FittedVersion(spec, metrics)
 

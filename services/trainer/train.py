@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -79,6 +79,12 @@ class TrainConfig(BaseModel):
     # embedding block against the (unit-norm) TF-IDF block; 4 was chosen over 1 and 2 by
     # validation micro+macro F1 (bench/results/tag_model.md).
     head_c: float = 1.0
+    # What an exported ONNX encoder serves. int8 (dynamic, per channel) ran 1.4-1.8x the items/s
+    # of the float encoder at the same F1 on CPU, but quantizes activations per batch: a listing's
+    # tags then depend on which listings share its batch (6 % of them changed between batch 1 and
+    # 32), and per-item int8 is no faster than batched float (`tagloop bench tag-runtime`,
+    # bench/results/tag_model.md). So float by default; int8 for those who trade that for speed.
+    encoder_precision: Literal["fp32", "int8"] = "fp32"
     head_embedding_weight: float = 4.0
     # The same over the *pretrained* embeddings (`tagloop train --quick`, a fast job on such a
     # version): they separate tags less, so the lexical block must weigh more. 2 was chosen over

@@ -54,6 +54,8 @@ class ModelCard(BaseModel):
     created_at: datetime = Field(default_factory=utc_now)
     base_encoder: str = "sentence-transformers/all-MiniLM-L6-v2"
     export_format: Literal["onnx", "torchscript"] = "onnx"
+    # ONNX only: serve the float encoder (model.onnx) or its int8 quantization (model.int8.onnx, beside it).
+    encoder_precision: Literal["fp32", "int8"] = "fp32"
     max_length: int = 64
     embedding_dim: int = 384
     seed: int = 0

@@ -17,12 +17,14 @@ from shared.tagmodel.card import ModelCard, load_model_card
 from shared.tagmodel.head import TagHead
 
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"  # the same encoder, dynamically quantized (card: encoder_precision "int8")
 TORCHSCRIPT_FILE = "model.pt"
 TOKENIZER_DIR = "tokenizer"
 
 
 class TagModelRuntime:
-    """Loads ``model.onnx`` (onnxruntime) or ``model.pt`` (TorchScript), the tag head and tokenizer of a version.
+    """Loads the ONNX encoder (onnxruntime; ``model.int8.onnx`` where the card says int8, else
+    ``model.onnx``) or ``model.pt`` (TorchScript), the tag head and tokenizer of a version.
 
     The encoder gives the embedding; the head (numpy) turns text + embedding into tag logits, and
     ``PROBS = sigmoid(logits / temperature)``.
@@ -35,21 +37,32 @@ class TagModelRuntime:
         ``"cpu"`` or ``"cuda:N"``; CUDA is used only if the installed runtime supports it.
     export_format : str or None
         Override the card's format (both files may exist side by side, e.g. for benchmarks).
+    onnx_file : Path or None
+        Another ONNX encoder than the version's (e.g. its int8 quantization, for benchmarks).
+    max_length : int or None
+        Override the card's truncation length (benchmarks; a head is fitted at the card's).
     """
 
-    def __init__(self, version_dir: Path, device: str = "cpu", export_format: str | None = None):
+    def __init__(self, version_dir: Path, device: str = "cpu", export_format: str | None = None,
+                 onnx_file: Path | None = None, max_length: int | None = None):
         os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoTokenizer
 
         self.version_dir = Path(version_dir)
         self.card: ModelCard = load_model_card(self.version_dir)
         self.format = export_format or self.card.export_format
-        self.max_length = self.card.max_length
+        self.max_length = max_length or self.card.max_length
         self.tokenizer: Any = AutoTokenizer.from_pretrained(
             str(self.version_dir / TOKENIZER_DIR), local_files_only=True
         )
         self.head = TagHead.load(self.version_dir)
         self.device = device
+        # int8 pays on CPU only (dynamic quantization is CPU kernels): a GPU serves the float file.
+        int8 = self.card.encoder_precision == "int8" and not device.startswith("cuda")
+        served = INT8_ONNX_FILE if int8 else ONNX_FILE
+        self.encoder_file = self.version_dir / TORCHSCRIPT_FILE
+        if self.format == "onnx":
+            self.encoder_file = Path(onnx_file or self.version_dir / served)
         if self.format == "onnx":
             import onnxruntime as ort
 
@@ -60,24 +73,27 @@ class TagModelRuntime:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             self._session: Any = ort.InferenceSession(
-                str(self.version_dir / ONNX_FILE), sess_options=opts, providers=providers
+                str(self.encoder_file), sess_options=opts, providers=providers
             )
         else:
             import torch
 
             if device.startswith("cuda") and not torch.cuda.is_available():
                 self.device = "cpu"
-            self._module: Any = torch.jit.load(str(self.version_dir / TORCHSCRIPT_FILE), map_location=self.device)
+            self._module: Any = torch.jit.load(str(self.encoder_file), map_location=self.device)
             self._module.eval()
 
-    def infer(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:
-        """``{"PROBS": float32 [n, n_tags], "EMBEDDING": float32 [n, dim]}`` for ``texts``, in order."""
+    def infer(self, texts: Sequence[str], batch_size: int = 64, bucketed: bool = True) -> dict[str, np.ndarray]:
+        """``{"PROBS": float32 [n, n_tags], "EMBEDDING": float32 [n, dim]}`` for ``texts``, in order.
+
+        ``bucketed``: batch texts of similar length together (less padding, and results that do
+        not depend on arrival order); False batches them in arrival order (benchmarks).
+        """
         items = list(texts)
         n_tags = len(self.card.vocabulary)
         probs = np.zeros((len(items), n_tags), dtype=np.float32)
         embs = np.zeros((len(items), self.card.embedding_dim), dtype=np.float32)
-        # Similar lengths together: less padding, and results do not depend on arrival order.
-        order = sorted(range(len(items)), key=lambda i: (len(items[i]), i))
+        order = sorted(range(len(items)), key=lambda i: (len(items[i]), i)) if bucketed else list(range(len(items)))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             p, e = self._run([items[i] for i in idx])
