@@ -98,7 +98,7 @@ def compare(records: Sequence[Record], max_depth: int, encoder: Any, cache: Any)
     started = time.perf_counter()
     job = FastJobInput(records_from_catalog(records, max_depth))
     fitted = fit_version(job, vocab, encoder, config, cache, embedding_weight=config.pretrained_head_embedding_weight)
-    out["model"] = _summary(fitted.metrics, started)
+    out["model"] = _summary(fitted.metrics, started) | {"decision_rule": fitted.metrics["decision_rule"]}
     return out
 
 

@@ -43,7 +43,7 @@ from services.trainer.export import BASE_ENCODER, ReusedEncoder, TorchEncoder, V
 from services.trainer.head import fit_head
 from services.trainer.job_input import FastJobInput, dataset_fingerprint, label_arrays, records_from_catalog
 from services.trainer.split import Split, group_split
-from services.trainer.thresholds import fit_temperature, fit_zero_shot, tune_thresholds
+from services.trainer.thresholds import choose_thresholds, fit_temperature, fit_zero_shot
 from services.trainer.train import TrainConfig, prepare, tag_texts
 from shared.catalog.records import Record
 from shared.model_registry import ModelRegistry, ModelStatus, ModelVersion
@@ -127,9 +127,9 @@ def fit_version(
     known_val = mask[val] * (weight[val] > 0)
     logits_val = head.logits([texts[i] for i in val], emb[val])
     temperature = fit_temperature(logits_val, y[val], known_val)
-    thresholds = tune_thresholds(
-        _sigmoid(logits_val / temperature), y[val], known_val,
-        config.target_precision, config.threshold_min_positives, config.min_threshold,
+    thresholds, decision_rule = choose_thresholds(
+        _sigmoid(logits_val / temperature), y[val], known_val, vocab,
+        config.target_precision, config.threshold_min_positives, config.min_threshold, config.seed,
     )  # fmt: skip
     zero_shot = (0.5, 20.0)
     # Only listings with a complete tag set say how similarity relates to "has the tag": a
@@ -148,7 +148,7 @@ def fit_version(
     metrics.update(
         head_embedding_weight=embedding_weight, n_train=len(train), n_val=len(val), n_test=len(test), n_tags=len(vocab),
         labels_applied=arrays.labels_applied, labels_unknown_listing=arrays.labels_unknown_listing,
-        labels_unknown_tag=arrays.labels_unknown_tag,
+        labels_unknown_tag=arrays.labels_unknown_tag, decision_rule=decision_rule,
     )  # fmt: skip
     calibration = {
         "temperature": temperature,

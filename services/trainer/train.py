@@ -28,7 +28,7 @@ from services.trainer.head import fit_head as fit_svm_head
 from services.trainer.labels import build_vocabulary, label_matrix, map_to_taxonomy
 from services.trainer.model import TagModel, load_tokenizer
 from services.trainer.split import Split, group_split
-from services.trainer.thresholds import fit_temperature, fit_zero_shot, tune_thresholds
+from services.trainer.thresholds import choose_thresholds, fit_temperature, fit_zero_shot
 from shared.catalog.readers import Format, load_records
 from shared.catalog.records import Record, fingerprint
 from shared.tagmodel.card import VocabEntry
@@ -67,6 +67,8 @@ class TrainConfig(BaseModel):
     target_precision: float = 0.8
     # Thresholds only ever raise a tag's cut above the head's own decision boundary (margin 0,
     # i.e. probability 0.5): the SVMs are already precise, lower cuts bought recall at a loss of F1.
+    # Whether tuned cuts beat the boundary itself is decided per run on validation by cross-fitting
+    # (thresholds.choose_thresholds; on five catalogs the boundary won).
     min_threshold: float = 0.5
     # A precision measured on fewer validation positives is noise: such tags get the threshold pooled
     # over all tags (never below the boundary).
@@ -370,9 +372,10 @@ def calibrate(
     y, mask = prep.y[val], prep.mask[val]
     temperature = fit_temperature(logits, y, mask)
     probs = 1.0 / (1.0 + np.exp(-logits / temperature))
-    thresholds = tune_thresholds(
-        probs, y, mask, config.target_precision, config.threshold_min_positives, config.min_threshold
-    )
+    thresholds, decision_rule = choose_thresholds(
+        probs, y, mask, prep.vocab, config.target_precision, config.threshold_min_positives, config.min_threshold,
+        config.seed,
+    )  # fmt: skip
     tag_emb = embed(model, tokenizer, tag_texts(prep.vocab), config.max_length)
     zs_threshold, zs_scale = fit_zero_shot(emb.astype(np.float64) @ tag_emb.T.astype(np.float64), y, mask)
     calibration = {
@@ -381,6 +384,7 @@ def calibrate(
         "fingerprint": prep.fingerprint,
         "zero_shot_threshold": zs_threshold,
         "zero_shot_scale": zs_scale,
+        "decision_rule": decision_rule,
     }
     (out / CALIBRATION_FILE).write_text(json.dumps(calibration))
     return calibration
