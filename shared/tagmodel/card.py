@@ -1,7 +1,8 @@
 """The model card: what a version of the tag model predicts, how to decide, and where it came from.
 
 Layout of one version: ``<repository>/<model_name>/<version>/`` holding ``model.py`` (tiny Triton
-entry point), ``model.onnx`` (or ``model.pt``: the encoder, text -> embedding), the tag head
+entry point), ``model.onnx`` (or ``model.pt``: the encoder, text -> embedding; an int8 version
+also has ``model.int8.onnx``, which it serves on CPU), the tag head
 (``head.npz``, ``lexicon.json``), ``tokenizer/`` and ``model_card.json``.
 """
 
