@@ -40,7 +40,7 @@ from services.trainer.evaluate import tag_metrics
 from services.trainer.export import write_int8_onnx
 from shared.tagmodel.card import load_model_card
 from shared.tagmodel.decide import decide
-from shared.tagmodel.runtime import INT8_ONNX_FILE, ONNX_FILE, TagModelRuntime
+from shared.tagmodel.runtime import INT8_ONNX_FILE, ONNX_FILE, TORCHSCRIPT_FILE, TagModelRuntime, length_order
 
 # A variant may cost at most this many F1 points (micro or macro, categories or attributes) to be adopted.
 MAX_F1_COST_POINTS = 0.2
@@ -74,18 +74,16 @@ def _f1s(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _where_the_time_goes(runtime: TagModelRuntime, texts: list[str], batch_size: int) -> dict[str, float]:
     """Milliseconds per item in the tokenizer, the encoder and the head (one bucketed pass)."""
-    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    order = length_order(texts)
     spent = {"tokenize": 0.0, "encoder": 0.0, "head": 0.0}
     for start in range(0, len(order), batch_size):
         batch = [texts[i] for i in order[start : start + batch_size]]
         t0 = time.perf_counter()
-        enc = runtime.tokenizer(batch, padding=True, truncation=True, max_length=runtime.max_length,
-                                return_tensors="np")  # fmt: skip
+        ids, att = runtime.tokenize(batch)
         t1 = time.perf_counter()
-        (emb,) = runtime._session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
-                                             "attention_mask": enc["attention_mask"].astype(np.int64)})  # fmt: skip
+        emb = runtime.encode(ids, att)
         t2 = time.perf_counter()
-        runtime.head.logits(batch, np.asarray(emb, dtype=np.float32))
+        runtime.head.logits(batch, emb)
         t3 = time.perf_counter()
         spent["tokenize"] += t1 - t0
         spent["encoder"] += t2 - t1
@@ -213,6 +211,6 @@ def run_bench(
         y, mask = label_matrix([prep.records[i] for i in test], load_model_card(version_dir).vocabulary)
         out |= {"data": str(config.data), "format": config.format, "limit": config.limit,
                 **bench_runtime_variants(version_dir, texts, y, mask)}  # fmt: skip
-        if (version_dir / "model.pt").is_file():
+        if (version_dir / TORCHSCRIPT_FILE).is_file():
             out["formats"] = bench_serving_formats(version_dir, texts[:n_format_texts])
     return out

@@ -22,6 +22,12 @@ TORCHSCRIPT_FILE = "model.pt"
 TOKENIZER_DIR = "tokenizer"
 
 
+def length_order(texts: Sequence[str]) -> list[int]:
+    """Indices of ``texts`` shortest first (ties by position): batches of similar length pad less,
+    and a text's batch does not depend on the order texts arrived in."""
+    return sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+
+
 class TagModelRuntime:
     """Loads the ONNX encoder (onnxruntime; ``model.int8.onnx`` where the card says int8, else
     ``model.onnx``) or ``model.pt`` (TorchScript), the tag head and tokenizer of a version.
@@ -57,14 +63,12 @@ class TagModelRuntime:
         )
         self.head = TagHead.load(self.version_dir)
         self.device = device
-        # int8 pays on CPU only (dynamic quantization is CPU kernels): a GPU serves the float file.
-        int8 = self.card.encoder_precision == "int8" and not device.startswith("cuda")
-        served = INT8_ONNX_FILE if int8 else ONNX_FILE
-        self.encoder_file = self.version_dir / TORCHSCRIPT_FILE
-        if self.format == "onnx":
-            self.encoder_file = Path(onnx_file or self.version_dir / served)
         if self.format == "onnx":
             import onnxruntime as ort
+
+            # int8 pays on CPU only (dynamic quantization is CPU kernels): a GPU serves the float file.
+            int8 = self.card.encoder_precision == "int8" and not device.startswith("cuda")
+            self.encoder_file = Path(onnx_file or self.version_dir / (INT8_ONNX_FILE if int8 else ONNX_FILE))
 
             available = ort.get_available_providers()
             providers = ["CPUExecutionProvider"]
@@ -80,6 +84,7 @@ class TagModelRuntime:
 
             if device.startswith("cuda") and not torch.cuda.is_available():
                 self.device = "cpu"
+            self.encoder_file = self.version_dir / TORCHSCRIPT_FILE
             self._module: Any = torch.jit.load(str(self.encoder_file), map_location=self.device)
             self._module.eval()
 
@@ -93,7 +98,7 @@ class TagModelRuntime:
         n_tags = len(self.card.vocabulary)
         probs = np.zeros((len(items), n_tags), dtype=np.float32)
         embs = np.zeros((len(items), self.card.embedding_dim), dtype=np.float32)
-        order = sorted(range(len(items)), key=lambda i: (len(items[i]), i)) if bucketed else list(range(len(items)))
+        order = length_order(items) if bucketed else list(range(len(items)))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             p, e = self._run([items[i] for i in idx])
@@ -108,7 +113,7 @@ class TagModelRuntime:
         """
         items = list(texts)
         embs = np.zeros((len(items), self.card.embedding_dim), dtype=np.float32)
-        order = sorted(range(len(items)), key=lambda i: (len(items[i]), i))
+        order = length_order(items)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             embs[idx] = self._embed([items[i] for i in idx])
@@ -121,9 +126,15 @@ class TagModelRuntime:
         return probs.astype(np.float32), emb
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        return self.encode(*self.tokenize(texts))
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)``, int64, padded to the batch's longest text (≤ ``max_length``)."""
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        ids = enc["input_ids"].astype(np.int64)
-        att = enc["attention_mask"].astype(np.int64)
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+    def encode(self, ids: np.ndarray, att: np.ndarray) -> np.ndarray:
+        """The encoder alone on tokenized input: ``float32 [n, dim]``."""
         if self.format == "onnx":
             (emb,) = self._session.run(None, {"input_ids": ids, "attention_mask": att})
             return np.asarray(emb, dtype=np.float32)
