@@ -91,12 +91,24 @@ def exploration_propensity(candidates: int, share: float, max_n: int) -> float:
 
 
 @dataclass(frozen=True)
+class ListingSums:
+    """Per-listing sums of squares of a rate's numerator ``x`` and denominator ``n`` over an arm's
+    listings (Σx², Σn², Σx·n): what the listing-clustered variance of the rate needs."""
+
+    x_sq: float = 0.0
+    n_sq: float = 0.0
+    x_n: float = 0.0
+
+
+@dataclass(frozen=True)
 class ArmStats:
     """What one arm (champion or candidate) did during the canary.
 
     ``requests`` / ``errors``: listings the arm was asked to tag and how many of them failed;
     ``latency_p99_ms``: its tagging latency, ``None`` when not measured; ``listings``: the
     listings whose shown tags got feedback (the feedback figures are over these).
+    ``ctr_sums`` / ``acceptance_sums``: per-listing sums of squares of clicks and impressions,
+    of accepts and judgements (``None``: not known; the rates are then tested as independent trials).
     """
 
     impressions: int = 0
@@ -107,6 +119,8 @@ class ArmStats:
     errors: int = 0
     latency_p99_ms: float | None = None
     listings: int = 0  # listings whose shown tags got feedback
+    ctr_sums: ListingSums | None = None
+    acceptance_sums: ListingSums | None = None
 
     @property
     def judgements(self) -> int:
@@ -144,6 +158,49 @@ def one_sided_p_worse(successes_a: int, trials_a: int, successes_b: int, trials_
     return 0.5 * math.erfc(-z / math.sqrt(2.0))  # Φ(z)
 
 
+def rate_variance(successes: int, trials: int, listings: int, sums: ListingSums | None) -> float:
+    """Variance of the rate ``successes / trials`` when trials come in clusters (listings).
+
+    A listing's impressions are not independent trials: all of a shown tag's impressions are of
+    one (right or wrong) tag, so clicks come in clumps and the binomial variance understates the
+    noise (a canary test on it rolls back equal candidates far more often than its level says).
+    The delta method over listings (the rate as a ratio of per-listing means) gives the honest
+    variance; it is never taken below the binomial one, so a lucky sample cannot claim more
+    certainty than independent trials would.
+
+    >>> rate_variance(10, 100, 0, None) == 0.1 * 0.9 / 100   # no listing sums: binomial
+    True
+    >>> clumped = ListingSums(x_sq=10 * 5**2, n_sq=20 * 5**2, x_n=10 * 5**2)  # 20 listings × 5, 10 all clicked
+    >>> round(rate_variance(50, 100, 20, clumped) / rate_variance(50, 100, 20, None), 2)
+    5.26
+    """
+    rate = successes / trials
+    binomial = rate * (1.0 - rate) / trials
+    if sums is None or listings < 2:
+        return binomial
+    residual = sums.x_sq - 2.0 * rate * sums.x_n + rate * rate * sums.n_sq  # Σ (x_i − rate·n_i)²
+    clustered = max(residual, 0.0) / (trials * trials) * listings / (listings - 1)
+    return max(clustered, binomial)
+
+
+def p_worse_clustered(champion: tuple[int, int, ListingSums | None], candidate: tuple[int, int, ListingSums | None],
+                      listings: tuple[int, int]) -> float:
+    """One-sided p-value of "the candidate's rate is lower" with listing-clustered variances
+    (:func:`rate_variance`); each arm is (successes, trials, sums).
+
+    >>> round(p_worse_clustered((100, 1000, None), (60, 1000, None), (0, 0)), 4)
+    0.0005
+    """
+    (s_a, n_a, sums_a), (s_b, n_b, sums_b) = champion, candidate
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError("both arms need trials")
+    se = math.sqrt(rate_variance(s_a, n_a, listings[0], sums_a) + rate_variance(s_b, n_b, listings[1], sums_b))
+    if se == 0.0:
+        return 0.5
+    z = (s_b / n_b - s_a / n_a) / se
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
 def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSettings) -> CanaryVerdict:
     """Promote, roll back or wait, with every reason.
 
@@ -157,12 +214,14 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
        listings of each arm, candidate impressions per listing under ``canary_min_exposure_ratio``
        × the champion's (it shows far fewer tags per listing, which CTR and acceptance of the few
        tags it shows cannot see).
-    2. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided pooled
-       two-proportion z-test (:func:`one_sided_p_worse`) of "candidate rate < champion rate" has
-       p < ``canary_alpha``. Each rate is tested once both arms have its minimum sample
-       (``canary_min_impressions`` impressions for CTR, ``canary_min_judgements`` merchant
-       judgements for acceptance), so a clearly worse CTR rolls back without waiting for
-       judgements (fail fast).
+    2. **rollback** when CTR or acceptance rate is *worse beyond noise*: a one-sided z-test of
+       "candidate rate < champion rate" has p < ``canary_alpha`` / (rates tested), Bonferroni, so
+       that an equal candidate is rolled back with probability ≤ ``canary_alpha`` (not ``α`` per
+       rate); each arm's variance is clustered by listing where the per-listing sums are known
+       (:func:`p_worse_clustered`), else the pooled two-proportion test (:func:`one_sided_p_worse`).
+       Each rate is tested once both arms have its minimum sample (``canary_min_impressions``
+       impressions for CTR, ``canary_min_judgements`` merchant judgements for acceptance), so a
+       clearly worse CTR rolls back without waiting for judgements (fail fast).
     3. **wait** while either arm is short of either minimum (pass slow).
     4. **promote** otherwise: not worse on CTR and acceptance over the minimum sample.
     """
@@ -181,25 +240,28 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
 
     worse, short = False, []
     metrics = [("CTR", "impressions", cfg.canary_min_impressions, champion.clicks, champion.impressions,
-                candidate.clicks, candidate.impressions)]  # fmt: skip
+                candidate.clicks, candidate.impressions, champion.ctr_sums, candidate.ctr_sums)]  # fmt: skip
     if cfg.canary_min_judgements > 0 or (champion.judgements and candidate.judgements):
         metrics.append(("acceptance", "judgements", cfg.canary_min_judgements, champion.accepts, champion.judgements,
-                        candidate.accepts, candidate.judgements))  # fmt: skip
+                        candidate.accepts, candidate.judgements, champion.acceptance_sums,
+                        candidate.acceptance_sums))  # fmt: skip
     else:
         reasons.append("SKIP acceptance: no merchant judgements and canary_min_judgements = 0")
-    for name, unit, minimum, s_a, n_a, s_b, n_b in metrics:
+    for name, unit, minimum, s_a, n_a, s_b, n_b, sums_a, sums_b in metrics:
         missing = [f"{arm} has {n} {unit} < {minimum}" for arm, n in (("champion", n_a), ("candidate", n_b))
                    if n < max(minimum, 1)]  # fmt: skip
         if missing:
             short += missing
             continue
-        p = one_sided_p_worse(s_a, n_a, s_b, n_b)
-        bad = p < cfg.canary_alpha
+        p = (one_sided_p_worse(s_a, n_a, s_b, n_b) if sums_a is None or sums_b is None else
+             p_worse_clustered((s_a, n_a, sums_a), (s_b, n_b, sums_b), (champion.listings, candidate.listings)))
+        level = cfg.canary_alpha / len(metrics)  # Bonferroni: α is the chance of rolling back an equal candidate
+        bad = p < level
         worse |= bad
         reasons.append(
             f"{'FAIL' if bad else 'PASS'} {name}: candidate {s_b / n_b:.4f} ({n_b}) "
             f"vs champion {s_a / n_a:.4f} ({n_a}), "
-            f"one-sided p(worse) = {p:.4f} {'<' if bad else '≥'} α {cfg.canary_alpha:g}"
+            f"one-sided p(worse) = {p:.4f} {'<' if bad else '≥'} α {level:g}"
         )
     if worse:
         return CanaryVerdict("rollback", reasons)

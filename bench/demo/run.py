@@ -77,7 +77,11 @@ def demo_settings(base: Settings, workdir: Path) -> Settings:
         "tick_interval_s": 2.0, "cooldown_h": 0.0, "volume_weighted_labels": 300.0, "schedule_interval_h": 10_000.0,
         "schedule_min_weighted_labels": 1e9,  # the volume trigger turns the loop here, not the schedule
         "canary_share": 0.5, "canary_min_impressions": 150, "canary_min_judgements": 10, "canary_min_requests": 10,
-        "exploration_share": 0.1,
+        # Feedback can only confirm the tags that are shown or explored, and the gate's recent check
+        # only sees a candidate's gains on those: guesses from 0.03 up, as in `tagloop eval loop`
+        # (bench/results/loop.md). A tenth, not its 0.3: merchants judge the guess first, and with a
+        # guess on nearly every listing the canary's arms got too few judgements of their shown tags.
+        "exploration_share": 0.1, "exploration_min_score": 0.03,
         # Each demo listing is seen by a few dozen shoppers, not thousands: a shown tag that nobody
         # engages with after ~5 examined views already says "wrong" here.
         "min_impressions_weak_negative": 5.0,
@@ -399,6 +403,9 @@ def describe(result: TickResult) -> str:
         reasons = result.decision.reasons if result.decision else []
         failed = [r for r in reasons if not r.startswith("PASS")]  # why not, when it was not
         return f"gate {'blessed' if blessed else 'rejected'} v{result.candidate}: {'; '.join((failed or reasons)[:2])}"
+    verdict = result.verdict.reasons if result.verdict else []
+    why = [r for r in verdict if r.startswith(("WAIT", "FAIL"))][:1]  # what it waits for, or why it failed
     return {"canary-wait": f"canary v{result.candidate}: waiting for enough feedback",
             "promoted": f"canary v{result.candidate} promoted to champion",
-            "rolled-back": f"canary v{result.candidate} rolled back"}.get(result.action, result.action)
+            "rolled-back": f"canary v{result.candidate} rolled back"}.get(result.action, result.action) + \
+        "".join(f" ({r})" for r in why)

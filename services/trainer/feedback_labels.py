@@ -75,6 +75,7 @@ class FeedbackRow:
     exploratory: bool = False
     last_accept_at: datetime | None = None
     last_reject_at: datetime | None = None
+    model_version: str | None = None  # the version whose tags the listing showed (None: not known)
 
     def __post_init__(self) -> None:
         counts = (self.impressions, self.clicks, self.carts, self.purchases, self.accepts, self.rejects)
@@ -93,6 +94,7 @@ class Label:
     weight: float
     kind: LabelKind
     exploratory: bool = False
+    model_version: str | None = None  # the version that chose to show (or explore) the tag
 
     @property
     def key(self) -> tuple[str, str]:
@@ -156,7 +158,7 @@ def label_row(row: FeedbackRow, settings: TrainerSettings) -> Label | None:
     """The label of one row, or ``None`` when the evidence is missing, too thin or contradictory."""
 
     def make(label: int, weight: float, kind: LabelKind) -> Label:
-        return Label(row.listing_id, row.tag_id, label, weight, kind, row.exploratory)
+        return Label(row.listing_id, row.tag_id, label, weight, kind, row.exploratory, row.model_version)
 
     if row.accepts or row.rejects:
         verdict = merchant_verdict(row)

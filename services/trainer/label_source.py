@@ -47,7 +47,8 @@ from shared.settings import Settings, TrainerSettings
 # The columns of the feedback service's contract this adapter uses (it returns a few more).
 _QUERY = (
     "SELECT listing_id, tag_id, impressions, clicks, carts, purchases, accepts, rejects,"
-    " last_accept_at, last_reject_at, click_positions, impression_positions, exploratory, first_ts, last_ts"
+    " last_accept_at, last_reject_at, click_positions, impression_positions, exploratory, model_version,"
+    " first_ts, last_ts"
     " FROM feedback_tag_labels(%s, %s) ORDER BY listing_id, tag_id"
 )
 _FETCH_ROWS = 10_000  # rows per round trip of the server-side cursor: memory stays flat on a big window
@@ -126,6 +127,7 @@ def feedback_row(record: Mapping[str, Any], settings: TrainerSettings) -> Feedba
         exploratory=bool(record.get("exploratory", False)),
         last_accept_at=record.get("last_accept_at"),
         last_reject_at=record.get("last_reject_at"),
+        model_version=record.get("model_version"),
     )
 
 

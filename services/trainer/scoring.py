@@ -15,8 +15,8 @@ Exploratory labels are weighted by the inverse of the probability that the tag w
 (inverse propensity) to undo that. That probability is ``share`` only while the per-listing cap
 (``exploration_max_tags_per_listing``) is out of reach; a listing with many below-threshold
 candidates explores each of them less often (:func:`shared.canary.exploration_propensity`), so
-:func:`exploration_weights` recounts each explored listing's candidates with the champion. The
-weights are clipped (``gate_explored_max_weight``, 10): unclipped, a demo run's recent score
+:func:`exploration_weights` recounts each explored listing's candidates with the version that
+tagged it. The weights are clipped (``gate_explored_max_weight``, 10): unclipped, a demo run's recent score
 hung on a few explored labels weighing ~30 each (both models scored 0.14).
 
 Embeddings go through the job's :class:`~services.trainer.embeddings.EmbeddingCache`: a
@@ -66,29 +66,39 @@ def decisions(version_dir: Path, texts: Sequence[str], cache: EmbeddingCache | N
 
 def exploration_weights(
     version_dir: Path, labels: Sequence[Label], texts: Mapping[str, str], cfg: TrainerSettings,
-    cache: EmbeddingCache | None = None,
+    cache: EmbeddingCache | None = None, logged_by: Callable[[str], Path | None] | None = None,
 ) -> dict[tuple[str, str], float]:
-    """``1 / p(explored)`` of each exploratory label, with the candidates ``version_dir`` had,
-    clipped at ``gate_explored_max_weight``.
+    """``1 / p(explored)`` of each exploratory label, clipped at ``gate_explored_max_weight``.
 
     The candidates of a listing are its tags scored in [``exploration_min_score``, threshold)
-    (:func:`shared.tagmodel.decide.exploratory_tags`); the explored tag is one of them.
+    (:func:`shared.tagmodel.decide.exploratory_tags`); the explored tag is one of them. They are
+    recounted with the version that tagged the listing (``logged_by(label.model_version)``: its
+    directory, None when it is gone) and with ``version_dir`` (the champion) where that is unknown:
+    a listing tagged by an earlier champion, or by a canary, explored among *that* version's
+    candidates, and recounting them with today's champion misweighs its label.
     """
     explored = [x for x in labels if x.exploratory and x.listing_id in texts]
     if not explored or cfg.exploration_share <= 0:
         return {}
-    card = load_model_card(version_dir)
-    listings = sorted({x.listing_id for x in explored})
-    probs = probabilities(version_dir, [texts[lid] for lid in listings], cache)
-    shown, _ = decide(probs, card)
-    thresholds = np.asarray(card.thresholds, dtype=np.float64)
-    candidates = ((probs >= cfg.exploration_min_score) & (probs < thresholds) & ~shown).sum(axis=1)
-    count = dict(zip(listings, candidates.tolist(), strict=True))
-    return {
-        x.key: min(cfg.gate_explored_max_weight, 1.0 / exploration_propensity(
-            max(count[x.listing_id], 1), cfg.exploration_share, cfg.exploration_max_tags_per_listing))
-        for x in explored
-    }  # fmt: skip
+    by_logger: dict[Path, list[Label]] = {}
+    for x in explored:
+        logger = logged_by(x.model_version) if logged_by is not None and x.model_version is not None else None
+        by_logger.setdefault(logger or version_dir, []).append(x)
+    weights: dict[tuple[str, str], float] = {}
+    for logger, group in by_logger.items():
+        card = load_model_card(logger)
+        listings = sorted({x.listing_id for x in group})
+        probs = probabilities(logger, [texts[lid] for lid in listings], cache)
+        shown, _ = decide(probs, card)
+        thresholds = np.asarray(card.thresholds, dtype=np.float64)
+        candidates = ((probs >= cfg.exploration_min_score) & (probs < thresholds) & ~shown).sum(axis=1)
+        count = dict(zip(listings, candidates.tolist(), strict=True))
+        weights.update({
+            x.key: min(cfg.gate_explored_max_weight, 1.0 / exploration_propensity(
+                max(count[x.listing_id], 1), cfg.exploration_share, cfg.exploration_max_tags_per_listing))
+            for x in group
+        })  # fmt: skip
+    return weights
 
 
 def golden_metrics(

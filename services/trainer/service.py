@@ -39,9 +39,10 @@ from services.trainer.label_source import build_training_labels
 from services.trainer.model_ops import ModelOps
 from services.trainer.scoring import exploration_weights, is_recent_holdout, score
 from services.trainer.triggers import Trigger, TriggerSnapshot, WindowStats, evaluate_triggers
-from shared.canary import ArmStats, CanaryVerdict, canary_verdict
+from shared.canary import ArmStats, CanaryVerdict, ListingSums, canary_verdict
 from shared.events import utc_now
 from shared.model_registry import ModelRegistry, ModelStatus
+from shared.model_repository import version_dir, versions
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,9 @@ class TickResult:
     candidate: int | None = None
 
 
-def arm_feedback(conn: psycopg.Connection[Any], since: datetime, until: datetime | None = None
-                 ) -> dict[str, tuple[int, int, int, int, int]]:
-    """Per model version: impressions, clicks, accepts, rejects and listings of the tags it chose to show.
+def arm_feedback(conn: psycopg.Connection[Any], since: datetime, until: datetime | None = None) -> dict[str, ArmStats]:
+    """Per model version: impressions, clicks, accepts, rejects and listings of the tags it chose
+    to show, with the per-listing sums of squares the canary's clustered tests need.
 
     Exploratory tags are left out: they are the exploration policy's guesses (mostly wrong, so
     rarely clicked), and how many an arm gets depends on how many of its candidates fall under
@@ -83,10 +84,17 @@ def arm_feedback(conn: psycopg.Connection[Any], since: datetime, until: datetime
     shown tags got any feedback.
     """
     rows = conn.execute(
-        "SELECT model_version, sum(impressions), sum(clicks), sum(accepts), sum(rejects), count(DISTINCT listing_id)"
-        " FROM feedback_tag_labels(%s, %s) WHERE NOT coalesce(exploratory, false) GROUP BY model_version",
-        (since, until)).fetchall()  # fmt: skip
-    return {str(v): (int(i), int(c), int(a), int(r), int(n)) for v, i, c, a, r, n in rows if v is not None}
+        "WITH per_listing AS (SELECT model_version AS v, listing_id, sum(impressions)::float8 AS i,"
+        " sum(clicks)::float8 AS c, sum(accepts)::float8 AS a, sum(accepts + rejects)::float8 AS j, sum(rejects) AS r"
+        " FROM feedback_tag_labels(%s, %s) WHERE NOT coalesce(exploratory, false) GROUP BY 1, 2)"
+        " SELECT v, sum(i), sum(c), sum(a), sum(r), count(*), sum(c * c), sum(i * i), sum(c * i),"
+        " sum(a * a), sum(j * j), sum(a * j) FROM per_listing GROUP BY v", (since, until)).fetchall()  # fmt: skip
+    return {
+        str(v): ArmStats(impressions=int(i), clicks=int(c), accepts=int(a), rejects=int(r), listings=int(n),
+                         ctr_sums=ListingSums(x_sq=cc, n_sq=ii, x_n=ci),
+                         acceptance_sums=ListingSums(x_sq=aa, n_sq=jj, x_n=aj))
+        for v, i, c, a, r, n, cc, ii, ci, aa, jj, aj in rows if v is not None
+    }  # fmt: skip
 
 
 class TrainerService:
@@ -190,12 +198,22 @@ class TrainerService:
     def gate(self, candidate_dir: Path, champion_dir: Path | None, recent: Sequence[Label]) -> Decision:
         texts, golden = self.data.texts, self.data.golden
         cfg = self.settings.trainer
-        # The champion chose what was explored: its candidates give each explored label's propensity.
-        weights = exploration_weights(champion_dir, recent, texts, cfg, self.cache) if champion_dir else None
+        weights = self.explored_weights(champion_dir, recent) if champion_dir else None
         candidate = score(candidate_dir, golden, recent, texts, self.cache, cfg.exploration_share, weights)
         champion = (score(champion_dir, golden, recent, texts, self.cache, cfg.exploration_share, weights)
                     if champion_dir is not None else None)  # fmt: skip
         return decide(candidate, champion, self.settings.trainer)
+
+    def explored_weights(self, champion_dir: Path, recent: Sequence[Label]) -> dict[tuple[str, str], float]:
+        """The recent score's weights of explored labels (:func:`exploration_weights`): the version
+        that tagged a listing chose what was explored, so its candidates give the label's propensity
+        (the champion's where that version is no longer exported or not known)."""
+        exported = {str(v) for v in versions(self.repository, self.model)}
+
+        def logged_by(version: str) -> Path | None:
+            return version_dir(self.repository, self.model, int(version)) if version in exported else None
+
+        return exploration_weights(champion_dir, recent, self.data.texts, self.settings.trainer, self.cache, logged_by)
 
     def start_canary(self, version: int) -> None:
         """Serve the candidate next to the champion, then let taggers route the canary share to it."""
@@ -285,10 +303,9 @@ class TrainerService:
                 "SELECT version, sum(requests), sum(errors), max(p99_seconds) FROM tagger_arm_stats"
                 " WHERE model_name = %s AND updated_at >= %s GROUP BY version", (self.model, since)).fetchall()
         by_version = {str(v): v for v in versions}
-        for version, (imp, clicks, acc, rej, listings) in rows.items():
+        for version, feedback in rows.items():
             if version in by_version:
-                v = by_version[version]
-                out[v] = replace(out[v], impressions=imp, clicks=clicks, accepts=acc, rejects=rej, listings=listings)
+                out[by_version[version]] = feedback
         for version, requests, errors, p99 in served:
             if version in by_version:
                 v = by_version[version]

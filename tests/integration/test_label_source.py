@@ -17,6 +17,7 @@ from services.feedback.migrations import MIGRATIONS
 from services.feedback.repository import PostgresFeedbackStore, recount_mismatches
 from services.trainer.feedback_labels import Label, LabelKind, fingerprint
 from services.trainer.label_source import build_training_labels, read_feedback
+from shared.canary import ListingSums
 from shared.db import apply_migrations, async_pool
 from shared.events import FeedbackEvent, FeedbackType, Tag, TagEvent, TagKind, TagSource
 from shared.settings import Settings, TrainerSettings
@@ -170,11 +171,12 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
     built = build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL)
     S, W = LabelKind.STRONG, LabelKind.WEAK
     expected = [
-        Label(f"{ns}-A", "t1", 0, 5.0, S),  # accept then reject: the latest wins
-        Label(f"{ns}-A", "t2", 1, 2.0, W, exploratory=True),  # 5 weighted clicks + 3·cart = 8 ≥ 2: capped at 2
-        Label(f"{ns}-B", "t1", 0, 1.25, W),  # 25 / 20
-        Label(f"{ns}-C", "t3", 1, 1.5, W),  # 3 / 2
-        Label(f"{ns}-E", "t9", 0, 5.0, S),
+        Label(f"{ns}-A", "t1", 0, 5.0, S, model_version="3"),  # accept then reject: the latest wins
+        # 5 weighted clicks + 3·cart = 8 ≥ 2: capped at 2
+        Label(f"{ns}-A", "t2", 1, 2.0, W, exploratory=True, model_version="3"),
+        Label(f"{ns}-B", "t1", 0, 1.25, W, model_version="3"),  # 25 / 20
+        Label(f"{ns}-C", "t3", 1, 1.5, W, model_version="3"),  # 3 / 2
+        Label(f"{ns}-E", "t9", 0, 5.0, S),  # E's tags were never seen: the tagging version is not known
     ]  # D: 5 impressions, F: 15 examined of 30: no label
     assert built.labels == expected
     c = built.composition
@@ -250,4 +252,9 @@ def test_canary_arms_are_judged_on_the_tags_they_chose_to_show(migrated: str) ->
     asyncio.run(go())
     with psycopg.connect(url) as conn:
         arms = arm_feedback(conn, day, day + timedelta(days=1))
-    assert arms == {"7": (10, 4, 0, 0, 1)}  # t2's impressions, clicks and reject are the exploration's
+    # t2's impressions, clicks and reject are the exploration's; one listing: its sums are its squares
+    assert list(arms) == ["7"]
+    got = arms["7"]
+    assert (got.impressions, got.clicks, got.accepts, got.rejects, got.listings) == (10, 4, 0, 0, 1)
+    assert got.ctr_sums == ListingSums(x_sq=16.0, n_sq=100.0, x_n=40.0)
+    assert got.acceptance_sums == ListingSums(0.0, 0.0, 0.0)

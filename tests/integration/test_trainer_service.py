@@ -126,6 +126,7 @@ def test_embedding_drift_fires_on_what_taggers_sampled(service: TrainerService, 
 
     trainer = service.settings.trainer.model_copy(update={
         "mmd_min_samples": 40, "mmd_sample_size": 60, "mmd_permutations": 200, "volume_weighted_labels": 1e9,
+        "cooldown_h": 0.0,  # other tests of this database ran jobs moments ago: no cooldown here
         "schedule_interval_h": 1e6})
     service.settings = service.settings.model_copy(update={"trainer": trainer})
     by_top: dict[str, list[str]] = defaultdict(list)
