@@ -18,6 +18,9 @@ Measured in one run, on the same events, engine after engine for each load shape
 * ``counter_freshness_p99_s``: p99 over rolled-up batches of the time from a batch's commit to the
   rollup step that counted it (0 for counters written in the batch's transaction).
 * ``distinct_keys_per_event``: counter rows per event after pre-combining a micro-batch, or a rollup step.
+* ``broker_ceiling`` (uniform load): the same backlog fetched by the batch engine's consumer with
+  nothing behind it, then fetched and decoded: the most any write path gets through this broker
+  and client here, with the consumer's and the broker's CPU per event.
 * ``stages`` (one process, no Kafka): pydantic vs the msgspec fast decoder on the same records, and the
   new unit of work alone (inline counters; archive only, then the rollup).
 """
@@ -312,6 +315,58 @@ def _end_to_end(
         stack.drop_database(base.database_url, db_name)
 
 
+def broker_ceiling(
+    base: Settings, bootstrap: str, state_dir: Path, keyed: Sequence[tuple[bytes, bytes]], batch_size: int
+) -> dict[str, Any]:
+    """What the broker and the worker's Kafka client alone sustain on this machine: the same backlog
+    fetched by the batch engine's consumer with nothing behind it (``fetch``), then also decoded by
+    the hot path's decoder (``fetch+decode``). No write path behind this broker and client can go
+    faster; CPU per event of this process (the consumer) and of the broker show where it goes."""
+    from aiokafka import TopicPartition
+
+    from services.feedback.app import FeedbackConfig
+    from services.feedback.batch import build_consumer
+    from shared.devstack.process import ManagedProcess
+
+    run_id = f"ceiling-{uuid.uuid4().hex[:6]}"
+    topics = base.topics.suffixed(run_id)
+    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": bootstrap}),
+                                       "topics": topics})
+    create_topics(settings.kafka, topic_specs(topics))
+    rec = OffsetRecorder(settings.kafka)
+    for key, value in keyed:
+        rec.send(topics.feedback, key, value)
+    rec.flush(120)
+    broker_pid = ManagedProcess(broker.NAME, state_dir).pid() or -1
+
+    async def consume(decode: bool) -> dict[str, Any]:
+        consumer = build_consumer(settings, FeedbackConfig(group=f"{run_id}-{int(decode)}", batch_size=batch_size))
+        # Partitions assigned, not joined: a group join is not throughput, but every fetch is timed.
+        partitions = [TopicPartition(topics.feedback, p) for p in range(settings.topics.partitions)]
+        consumer.assign(partitions)
+        seen = 0
+        t0, cpu0, broker0 = time.perf_counter(), time.process_time(), _cpu_s(broker_pid)
+        await consumer.start()
+        try:
+            await consumer.seek_to_beginning(*partitions)
+            while seen < len(keyed):
+                batches = await consumer.getmany(timeout_ms=1000, max_records=batch_size)
+                for records in batches.values():
+                    if decode:
+                        for r in records:
+                            decode_feedback(r.key, r.value)
+                    seen += len(records)
+            seconds = time.perf_counter() - t0
+            consumer_cpu, broker_cpu = time.process_time() - cpu0, _cpu_s(broker_pid) - broker0
+        finally:
+            await consumer.stop()
+        return {"events_per_s": _rate(seen, seconds), "consumer_cpu_us_per_event": round(consumer_cpu / seen * 1e6, 1),
+                "broker_cpu_us_per_event": round(broker_cpu / seen * 1e6, 1), "events": seen,
+                "seconds": round(seconds, 3)}
+
+    return {"fetch": asyncio.run(consume(False)), "fetch+decode": asyncio.run(consume(True))}
+
+
 def baseline_checkout(rev: str, into: Path) -> Path:
     """A plain copy of the tree at ``rev`` (``git archive``): the old write path, run side by side."""
     repo = Path(__file__).resolve().parents[1]
@@ -366,6 +421,7 @@ def run(
                 "per_60k_events": distinct_keys_per_event(events, tags, 60_000),
             }
             if shape == "uniform":
+                ceiling = broker_ceiling(base, bootstrap, state_dir, keyed, batch_size)
                 stage_db = f"tagloop_bench_feedback_stages_{run_id}"
                 url = stack.ensure_database(base.database_url, stage_db)
                 try:
@@ -388,6 +444,7 @@ def run(
             "best": {shape: max(r, key=lambda e: r[e]) for shape, r in rates.items()},
             "runs": runs,
             "stages": stages if "uniform" in loads else None,
+            "broker_ceiling": ceiling if "uniform" in loads else None,
             "events": n_events,
             "batch_size": batch_size,
             "baseline": baseline,
