@@ -247,7 +247,8 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
         bad = run_fast_job(FastJobInput(shuffled(original, cfg.seed)), settings.triton_model_repository,
                            settings.triton.tag_model, base_version_dir=service_base(service), registry=registry,
                            cache_dir=service.cache.directory, job_id="shuffled-labels")
-        recent = [x for x in _labels(settings) if is_recent_holdout(x.listing_id)]
+        share = settings.trainer.gate_recent_holdout_share
+        recent = [x for x in _labels(settings) if is_recent_holdout(x.listing_id, share)]
         decision = service.gate(bad.version_dir, service_base(service), recent)
         result.rejected_bad_candidate = not decision.blessed
         result.details["bad_candidate_gate"] = decision.reasons
@@ -282,7 +283,8 @@ def recent_diagnosis(
     (what the check estimates).
     """
     cfg = service.settings.trainer
-    recent = [x for x in _labels(service.settings) if is_recent_holdout(x.listing_id) and x.listing_id in by_id]
+    share = cfg.gate_recent_holdout_share
+    recent = [x for x in _labels(service.settings) if is_recent_holdout(x.listing_id, share) and x.listing_id in by_id]
     weights = service.explored_weights(champion_dir, recent)
     champion_weights = exploration_weights(champion_dir, recent, service.data.texts, cfg, service.cache)
     records = records_from_catalog([by_id[lid] for lid in sorted({x.listing_id for x in recent})], max_depth)

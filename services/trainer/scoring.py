@@ -43,7 +43,7 @@ from shared.tagmodel.decide import decide
 from shared.tagmodel.head import TagHead
 
 
-def is_recent_holdout(listing_id: str, share: float = 0.2, salt: str = "recent-holdout") -> bool:
+def is_recent_holdout(listing_id: str, share: float, salt: str = "recent-holdout") -> bool:
     """Whether a listing's feedback labels are kept out of training to judge candidates (stable)."""
     return unit_hash(salt, listing_id) < share
 

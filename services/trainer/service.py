@@ -149,8 +149,9 @@ class TrainerService:
                 log.info("another trainer runs a job; skipping %s", trigger.kind)
                 return TickResult("idle", list(fired))
             labels = build_training_labels(self.settings, until=self.clock()).labels
-            train = [x for x in labels if not is_recent_holdout(x.listing_id)]
-            recent = [x for x in labels if is_recent_holdout(x.listing_id)]
+            share = self.settings.trainer.gate_recent_holdout_share
+            train = [x for x in labels if not is_recent_holdout(x.listing_id, share)]
+            recent = [x for x in labels if is_recent_holdout(x.listing_id, share)]
             job_input = self.job_input(train)
             jobs.update_job(job, dataset_fingerprint=None, composition=self.composition(train, recent))
             champion_dir = base_version_dir(self.registry, self.repository, self.model)
