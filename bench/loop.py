@@ -21,10 +21,11 @@ the propensity weights apart when the gate and the golden set disagree.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from services.trainer.fast_job import run_fast_job
 from services.trainer.job_input import FastJobInput, JobRecord, records_from_catalog
 from services.trainer.labels import build_vocabulary, map_to_taxonomy, record_tag_ids
 from services.trainer.model_ops import ModelOps
-from services.trainer.scoring import exploration_weights, golden_metrics, is_recent_holdout, recent_score
+from services.trainer.scoring import exploration_weights, golden_metrics, recent_score
 from services.trainer.service import TickResult, TrainerData, TrainerService
 from services.trainer.split import group_split
 from services.trainer.train import TrainConfig
@@ -187,12 +188,11 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
         shoppers = Shoppers(settings, truth, cfg.seed)
         exits.callback(shoppers.close)
         produced: set[str] = set()
-        cursors = {id(stream): 0, id(forced_stream): 0}
+        live, forced_live = iter(stream), iter(forced_stream)
 
-        def stream_next(n: int, source: list[Record] = stream) -> bool:
+        def stream_next(n: int, source: Iterator[Record] = live) -> bool:
             """Stream the next ``n`` listings of ``source`` and wait for their feedback; False when none are left."""
-            chunk = source[cursors[id(source)]:cursors[id(source)] + n]
-            cursors[id(source)] += n
+            chunk = list(itertools.islice(source, n))
             if not chunk:
                 return False
             produce_listings(settings, [listing_from_record(r) for r in chunk])
@@ -201,7 +201,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
             wait_counted(settings, FEEDBACK_GROUP, shoppers.flush(), timeout_s=300)
             return True
 
-        def canary_rounds(source: list[Record] = stream) -> TickResult:
+        def canary_rounds(source: Iterator[Record] = live) -> TickResult:
             outcome = TickResult("canary-wait")
             for _ in range(cfg.max_canary_rounds):
                 if not stream_next(cfg.canary_listings, source):
@@ -247,8 +247,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
         bad = run_fast_job(FastJobInput(shuffled(original, cfg.seed)), settings.triton_model_repository,
                            settings.triton.tag_model, base_version_dir=service_base(service), registry=registry,
                            cache_dir=service.cache.directory, job_id="shuffled-labels")
-        share = settings.trainer.gate_recent_holdout_share
-        recent = [x for x in _labels(settings) if is_recent_holdout(x.listing_id, share)]
+        _, recent = service.split_recent(_labels(settings))
         decision = service.gate(bad.version_dir, service_base(service), recent)
         result.rejected_bad_candidate = not decision.blessed
         result.details["bad_candidate_gate"] = decision.reasons
@@ -257,7 +256,7 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
                               settings.triton.tag_model, base_version_dir=service_base(service), registry=registry,
                               cache_dir=service.cache.directory, job_id="forced-canary")
         service.start_canary(forced.version)
-        outcome = canary_rounds(forced_stream)
+        outcome = canary_rounds(forced_live)
         result.rollbacks += outcome.action == "rolled-back"
         result.details["forced_canary"] = {"action": outcome.action,
                                            "verdict": outcome.verdict.reasons if outcome.verdict else None}
@@ -283,8 +282,7 @@ def recent_diagnosis(
     (what the check estimates).
     """
     cfg = service.settings.trainer
-    share = cfg.gate_recent_holdout_share
-    recent = [x for x in _labels(service.settings) if is_recent_holdout(x.listing_id, share) and x.listing_id in by_id]
+    _, recent = service.split_recent([x for x in _labels(service.settings) if x.listing_id in by_id])
     weights = service.explored_weights(champion_dir, recent)
     champion_weights = exploration_weights(champion_dir, recent, service.data.texts, cfg, service.cache)
     records = records_from_catalog([by_id[lid] for lid in sorted({x.listing_id for x in recent})], max_depth)

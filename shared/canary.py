@@ -152,10 +152,14 @@ def one_sided_p_worse(successes_a: int, trials_a: int, successes_b: int, trials_
         raise ValueError("both arms need trials")
     pooled = (successes_a + successes_b) / (trials_a + trials_b)
     se = math.sqrt(pooled * (1.0 - pooled) * (1.0 / trials_a + 1.0 / trials_b))
-    if se == 0.0:  # both rates 0 or both 1: no evidence either way
+    return _p_lower(successes_b / trials_b - successes_a / trials_a, se)
+
+
+def _p_lower(difference: float, se: float) -> float:
+    """Φ(difference / se): the one-sided p-value of "lower"; 0.5 without spread (no evidence either way)."""
+    if se == 0.0:
         return 0.5
-    z = (successes_b / trials_b - successes_a / trials_a) / se
-    return 0.5 * math.erfc(-z / math.sqrt(2.0))  # Φ(z)
+    return 0.5 * math.erfc(-difference / se / math.sqrt(2.0))
 
 
 def rate_variance(successes: int, trials: int, listings: int, sums: ListingSums | None) -> float:
@@ -195,10 +199,7 @@ def p_worse_clustered(champion: tuple[int, int, ListingSums | None], candidate: 
     if n_a <= 0 or n_b <= 0:
         raise ValueError("both arms need trials")
     se = math.sqrt(rate_variance(s_a, n_a, listings[0], sums_a) + rate_variance(s_b, n_b, listings[1], sums_b))
-    if se == 0.0:
-        return 0.5
-    z = (s_b / n_b - s_a / n_a) / se
-    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+    return _p_lower(s_b / n_b - s_a / n_a, se)
 
 
 def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSettings) -> CanaryVerdict:

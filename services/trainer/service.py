@@ -149,9 +149,7 @@ class TrainerService:
                 log.info("another trainer runs a job; skipping %s", trigger.kind)
                 return TickResult("idle", list(fired))
             labels = build_training_labels(self.settings, until=self.clock()).labels
-            share = self.settings.trainer.gate_recent_holdout_share
-            train = [x for x in labels if not is_recent_holdout(x.listing_id, share)]
-            recent = [x for x in labels if is_recent_holdout(x.listing_id, share)]
+            train, recent = self.split_recent(labels)
             job_input = self.job_input(train)
             jobs.update_job(job, dataset_fingerprint=None, composition=self.composition(train, recent))
             champion_dir = base_version_dir(self.registry, self.repository, self.model)
@@ -177,6 +175,12 @@ class TrainerService:
             return TickResult("job", list(fired), record, decision, candidate=result.version)
 
     # -- pieces ---------------------------------------------------------------------------
+
+    def split_recent(self, labels: Sequence[Label]) -> tuple[list[Label], list[Label]]:
+        """(training labels, recent-feedback holdout): ``gate_recent_holdout_share`` of listings, by id hash."""
+        share = self.settings.trainer.gate_recent_holdout_share
+        recent = [x for x in labels if is_recent_holdout(x.listing_id, share)]
+        return [x for x in labels if not is_recent_holdout(x.listing_id, share)], recent
 
     def job_input(self, labels: Sequence[Label]) -> FastJobInput:
         """The original records plus every listing feedback speaks of (its text), with the labels.
