@@ -32,10 +32,12 @@ from rich.live import Live
 
 from bench.demo.harness import FEEDBACK_GROUP, Shoppers, count_dead_letters, running_services
 from bench.demo.quick_model import (
+    NEW_LINE_KEEP,
     DemoCatalog,
     QuickModel,
     ensure_quick_model,
     install_as_version_1,
+    new_lines_micro_f1,
     split_demo_catalog,
 )
 from bench.demo.view import DemoStatus, progress_line, render, summary
@@ -76,7 +78,11 @@ def demo_settings(base: Settings, workdir: Path) -> Settings:
     trainer = base.trainer.model_copy(update={
         "tick_interval_s": 2.0, "cooldown_h": 0.0, "volume_weighted_labels": 300.0, "schedule_interval_h": 10_000.0,
         "schedule_min_weighted_labels": 1e9,  # the volume trigger turns the loop here, not the schedule
-        "canary_share": 0.5, "canary_min_impressions": 150, "canary_min_judgements": 10, "canary_min_requests": 10,
+        "canary_share": 0.5, "canary_min_impressions": 150, "canary_min_requests": 10,
+        # Merchants judge the guess first, and over a quick model that is unsure of its new product
+        # lines nearly every listing has one: the arms' shown tags got 0-3 judgements in a few
+        # minutes (measured). CTR decides here; acceptance is tested whenever both arms have some.
+        "canary_min_judgements": 0,
         # Feedback can only confirm the tags that are shown or explored, and the gate's recent check
         # only sees a candidate's gains on those: guesses from 0.03 up, as in `tagloop eval loop`
         # (bench/results/loop.md). A tenth, not its 0.3: merchants judge the guess first, and with a
@@ -120,12 +126,18 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     catalog = split_demo_catalog(records, seed=options.seed)
     console.print(f"[bold]catalog[/]: {len(records)} labelled listings → {len(catalog.original)} to train the "
                   f"quick model, {len(catalog.reserve)} to stream as new, {len(catalog.golden)} golden holdout")
+    if catalog.new_lines:
+        console.print(f"[bold]new product lines[/] (the quick model saw {NEW_LINE_KEEP:.0%} of their listings): "
+                      f"{len(catalog.new_lines)} departments, {len(catalog.golden_new)} of the golden listings, "
+                      f"e.g. {', '.join(catalog.new_lines[:3])}")
     with console.status("training the quick model (pretrained MiniLM + the served head; first run only)…"):
         quick = ensure_quick_model(records, catalog, workdir, base.data_dir / "shopify-taxonomy",
                                    base.triton.tag_model)
     how = "cached" if quick.cached else f"trained in {quick.metrics['fit_seconds']:.0f} s"
+    on_new = quick.metrics.get("new_lines_micro_f1")
     console.print(f"[bold]quick model[/]: micro-F1 {quick.metrics['micro_f1']:.3f}, macro-F1 "
-                  f"{quick.metrics['macro_f1']:.3f} on the golden holdout ({how})")
+                  f"{quick.metrics['macro_f1']:.3f} on the golden holdout"
+                  + (f", {on_new:.3f} on its new product lines" if on_new is not None else "") + f" ({how})")
     settings = demo_settings(base, workdir)
     install_as_version_1(quick, settings.triton_model_repository, settings.triton.tag_model)
     database = f"tagloop_demo_{uuid.uuid4().hex[:8]}"
@@ -184,6 +196,7 @@ class DemoLoop:
         self.settings, self.catalog, self.options, self.console = settings, catalog, options, console
         self.status = DemoStatus(time.monotonic(), min(options.listings, len(catalog.reserve)))
         self.status.quick_f1 = (quick.metrics["micro_f1"], quick.metrics["macro_f1"])
+        self.status.quick_new_lines_f1 = quick.metrics.get("new_lines_micro_f1")
         self.exits = ExitStack()
         self.trainer: multiprocessing.process.BaseProcess | None = None
         self.trainer_notes: Any = None
@@ -326,6 +339,8 @@ class DemoLoop:
                 action, candidate, detail = self.trainer_notes.get_nowait()
             except queue.Empty:
                 return
+            if self.status.trainer_log and self.status.trainer_log[-1] == detail:
+                continue  # a canary still waiting for the same sample: said already
             self.status.note(detail)
             self.console.print(f"[{time.monotonic() - self.status.started:4.0f}s] trainer: {detail}")
             if action == "promoted":
@@ -342,8 +357,10 @@ class DemoLoop:
         if s.promoted_version is not None:
             model = self.settings.triton.tag_model
             vdir = version_dir(self.settings.triton_model_repository, model, s.promoted_version)
-            m = golden_metrics(vdir, self.catalog.golden, EmbeddingCache(self.settings.state_dir / "embeddings"))
+            cache = EmbeddingCache(self.settings.state_dir / "embeddings")
+            m = golden_metrics(vdir, self.catalog.golden, cache)
             s.promoted_f1 = (round(m.micro_f1, 4), round(m.macro_f1, 4))
+            s.promoted_new_lines_f1 = new_lines_micro_f1(vdir, self.catalog, cache)
 
     def stop(self, keep: bool = False) -> None:
         """Stop the trainer process; stop the services too unless they are to be kept running."""

@@ -38,6 +38,8 @@ class DemoStatus:
     recent: list[tuple[str, str]] = field(default_factory=list)  # (title, headline tag)
     quick_f1: tuple[float, float] | None = None
     promoted_f1: tuple[float, float] | None = None
+    quick_new_lines_f1: float | None = None  # golden micro-F1 on the new product lines' listings
+    promoted_new_lines_f1: float | None = None
     promoted_version: int | None = None
 
     @property
@@ -103,6 +105,10 @@ def affinity_table(affinity: dict[str, list[tuple[str, float]]]) -> Table:
     return table
 
 
+def _new_lines(f1: float | None) -> str:
+    return "" if f1 is None else f" · new product lines micro-F1 {f1:.3f}"
+
+
 def summary(status: DemoStatus, now: float) -> Group:
     """The closing summary."""
     table = Table.grid(padding=(0, 2))
@@ -114,10 +120,11 @@ def summary(status: DemoStatus, now: float) -> Group:
     table.add_row("feedback events", f"{status.feedback_sent} sent, {status.feedback_counted} counted")
     if status.quick_f1:
         table.add_row("quick model (v1)", f"micro-F1 {status.quick_f1[0]:.3f} · macro-F1 {status.quick_f1[1]:.3f} "
-                                          "on the golden holdout")
+                                          "on the golden holdout" + _new_lines(status.quick_new_lines_f1))
     if status.promoted_f1 and status.promoted_version:
         table.add_row(f"promoted (v{status.promoted_version})",
-                      f"micro-F1 {status.promoted_f1[0]:.3f} · macro-F1 {status.promoted_f1[1]:.3f}")
+                      f"micro-F1 {status.promoted_f1[0]:.3f} · macro-F1 {status.promoted_f1[1]:.3f}"
+                      + _new_lines(status.promoted_new_lines_f1))
     else:
         table.add_row("promoted", "none in this run")
     table.add_row("versions", _share(status.versions))

@@ -10,8 +10,10 @@ Rules (thresholds and weights in :class:`~shared.settings.TrainerSettings`)
   label at all** (merchants who know the product disagree: shopper behaviour cannot settle it).
   A strong label has weight ``strong_label_weight`` and hides any weak evidence of the pair.
 * **Weak positive** -- engagement ``click_weight·clicks + cart_weight·carts +
-  purchase_weight·purchases`` ≥ ``min_engagement_weak_positive``. Clicks are position-weighted
-  when the adapter supplies ``weighted_clicks`` (see :func:`click_weight`).
+  purchase_weight·purchases`` ≥ ``min_engagement_weak_positive``, from at least
+  ``min_engaged_shoppers_weak_positive`` engaged shoppers (the most of clicks, carts and
+  purchases: one shopper's click, cart and purchase are one shopper). Clicks are
+  position-weighted when the adapter supplies ``weighted_clicks`` (see :func:`click_weight`).
 * **Weak negative** -- no click, cart or purchase at all and examined impressions ≥
   ``min_impressions_weak_negative`` (``examined_impressions`` when supplied, else impressions).
 * Weak weight = evidence / threshold, capped at ``weak_label_max_weight`` (1.0 at the threshold).
@@ -27,7 +29,7 @@ Examples
 >>> from shared.settings import TrainerSettings
 >>> rows = [FeedbackRow("l1", "t1", impressions=5, rejects=1),
 ...         FeedbackRow("l1", "t2", impressions=40),
-...         FeedbackRow("l2", "t1", impressions=9, clicks=1, carts=1)]
+...         FeedbackRow("l2", "t1", impressions=9, clicks=2, carts=1)]
 >>> [(x.tag_id, x.label, x.weight, x.kind.value) for x in build_labels(rows, TrainerSettings())]
 [('t1', 0, 1.0, 'strong'), ('t2', 0, 0.5, 'weak'), ('t1', 1, 0.5, 'weak')]
 """
@@ -164,7 +166,9 @@ def label_row(row: FeedbackRow, settings: TrainerSettings) -> Label | None:
         verdict = merchant_verdict(row)
         return None if verdict is None else make(verdict, settings.strong_label_weight, LabelKind.STRONG)
     engagement = engagement_weight(row, settings)
-    if engagement >= settings.min_engagement_weak_positive:
+    engaged_shoppers = max(row.clicks, row.carts, row.purchases)
+    if (engagement >= settings.min_engagement_weak_positive
+            and engaged_shoppers >= settings.min_engaged_shoppers_weak_positive):
         return make(1, _weak_weight(engagement, settings.min_engagement_weak_positive, settings), LabelKind.WEAK)
     if row.clicks or row.carts or row.purchases:
         return None

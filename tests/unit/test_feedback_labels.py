@@ -86,18 +86,32 @@ def test_a_strong_label_hides_weak_evidence() -> None:
 
 def test_weak_positive_needs_enough_engagement_and_scales_its_weight() -> None:
     assert one(FeedbackRow("l", "t", impressions=10, clicks=1)) is None  # 1 < 2, and engaged: no negative
-    cart = one(FeedbackRow("l", "t", impressions=10, carts=1))
-    assert cart == Label("l", "t", 1, 1.5, LabelKind.WEAK)  # 3 / 2
+    cart = one(FeedbackRow("l", "t", impressions=10, carts=2))
+    assert cart == Label("l", "t", 1, 2.0, LabelKind.WEAK)  # 6 / 2 capped
+    assert one(FeedbackRow("l", "t", impressions=10, clicks=2)) == Label("l", "t", 1, 1.0, LabelKind.WEAK)
     buyer = one(FeedbackRow("l", "t", impressions=10, clicks=2, purchases=1))
     assert buyer is not None and buyer.weight == CFG.weak_label_max_weight  # 7 / 2 capped
     assert buyer.weight < CFG.strong_label_weight
 
 
 def test_position_weighted_clicks_count_deep_clicks_more() -> None:
-    deep_click = weighted_click_mass([5], CFG)  # a click at position 5 weighs 5
-    assert one(FeedbackRow("l", "t", impressions=3, clicks=1)) is None
-    label = one(FeedbackRow("l", "t", impressions=3, clicks=1, weighted_clicks=deep_click))
-    assert label == Label("l", "t", 1, 2.0, LabelKind.WEAK)  # min(5 / 2, 2)
+    deep_clicks = weighted_click_mass([3, 4], CFG)  # clicks at positions 3 and 4 weigh 3 + 4
+    top_clicks = weighted_click_mass([1, 1], CFG)
+    deep = one(FeedbackRow("l", "t", impressions=3, clicks=2, weighted_clicks=deep_clicks))
+    top = one(FeedbackRow("l", "t", impressions=3, clicks=2, weighted_clicks=top_clicks))
+    assert top == Label("l", "t", 1, 1.0, LabelKind.WEAK)  # 2 / 2
+    assert deep == Label("l", "t", 1, 2.0, LabelKind.WEAK)  # min(7 / 2, 2)
+
+
+def test_one_shopper_is_never_a_weak_positive() -> None:
+    """One click deep down the page weighs 1/propensity alone; on a wrong tag such stray clicks made
+    17 % of a demo run's weak positives wrong. It takes two engaged shoppers, however deep the click."""
+    deep_click = weighted_click_mass([5], CFG)  # a click at position 5 weighs 5, over the threshold alone
+    assert one(FeedbackRow("l", "t", impressions=3, clicks=1, weighted_clicks=deep_click)) is None
+    buyer = FeedbackRow("l", "t", impressions=3, clicks=1, carts=1, purchases=1)  # one shopper, all the way
+    assert one(buyer) is None
+    assert one(FeedbackRow("l", "t", impressions=3, clicks=1, weighted_clicks=deep_click),
+               TrainerSettings(min_engaged_shoppers_weak_positive=1)) is not None
 
 
 def test_weak_negative_needs_examined_impressions_without_engagement() -> None:
@@ -110,8 +124,8 @@ def test_weak_negative_needs_examined_impressions_without_engagement() -> None:
 
 
 def test_exploratory_tags_are_labelled_like_any_other() -> None:
-    shown = one(FeedbackRow("l", "t", impressions=10, carts=1))
-    explored = one(FeedbackRow("l", "t", impressions=10, carts=1, exploratory=True))
+    shown = one(FeedbackRow("l", "t", impressions=10, carts=2))
+    explored = one(FeedbackRow("l", "t", impressions=10, carts=2, exploratory=True))
     assert shown is not None and explored is not None
     assert (explored.label, explored.weight, explored.kind) == (shown.label, shown.weight, shown.kind)
     assert explored.exploratory and not shown.exploratory
