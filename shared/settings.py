@@ -158,21 +158,23 @@ class TrainerSettings(BaseModel):
     mmd_p_value: float = Field(0.01, gt=0, lt=1)  # strict: the test runs every tick, false alarms add up
 
     # --- labels from feedback ---------------------------------------------------------------
-    # Examined impressions (impressions × examination propensity) without any engagement before a
-    # shown tag counts as a weak negative: a handful of unclicked views says nothing.
-    min_impressions_weak_negative: float = Field(20.0, gt=0)
-    min_engagement_weak_positive: float = Field(2.0, gt=0)  # one stray click (weight 1) is not enough
-    # ...and it takes this many engaged shoppers (clicks, carts or purchases, the most of them): one
-    # deep click weighs 1/propensity alone, and on a wrong tag one stray click at slot 2-10 made a
-    # positive (measured on the demo: 17 % of weak positives wrong with 1, their candidates worse).
-    min_engaged_shoppers_weak_positive: int = Field(2, ge=1)
-    click_weight: float = Field(1.0, ge=0)
-    cart_weight: float = Field(3.0, ge=0)  # a cart costs the shopper more intent than a click
-    purchase_weight: float = Field(5.0, ge=0)  # a purchase is the strongest shopper signal
+    # Shopper behaviour becomes a weak label when a tag's engaged-shopper rate per examined impression
+    # is clearly above (positive) or below (negative) this share of the window's pooled rate: the
+    # Wilson bound at z = weak_label_z must clear the line (clicks over expected clicks, COEC).
+    # A rate, not a count, so the rule holds at 6 impressions per tag and at 6,000.
+    weak_label_coec: float = Field(0.5, gt=0)
+    weak_label_z: float = Field(1.0, gt=0)  # ~84 % one-sided: a stray click on a much-seen tag is no positive
     # A merchant's judgement is ground truth like a catalog label (weight 1 in the head's fit); more
     # let a few hundred judged listings, all about tags the model already shows, outweigh the catalog.
     strong_label_weight: float = Field(1.0, gt=0)
-    weak_label_max_weight: float = Field(0.5, gt=0)  # shopper behaviour is weaker evidence than either
+    weak_label_weight: float = Field(0.5, gt=0)  # shopper behaviour is weaker evidence than either
+    # Every label is weighed by P(it is right): the share of right tags among shown and among
+    # explored tags comes from the merchants' verdicts, their error rate from this setting (audit
+    # it); shoppers' labels are wrong this often either way (measured 2-12 % on a demo run). Without
+    # it a demo's explored guesses, 99 % wrong, got more accepts from merchant slips than right ones.
+    merchant_error_rate: float = Field(0.05, ge=0, lt=0.5)
+    weak_label_error_rate: float = Field(0.1, ge=0, lt=0.5)
+    label_prior_min_judgements: int = Field(30, ge=1)  # verdicts per group before its prior is trusted
     # p(examine | position) = 1 / position**eta (position 1 = top); eta = 1 is the usual first guess
     # until a randomisation experiment measures it.
     propensity_eta: float = Field(1.0, ge=0)

@@ -116,23 +116,15 @@ def fit_version(
     tag_emb = embed_texts(encoder, tag_texts(vocab), cache)
     timings["embed_s"] = round(time.perf_counter() - started, 2)
 
-    # Listings with a complete tag set (catalog records) vs feedback-only ones, whose few known
-    # cells are the tags some version chose to show or explore: those teach the SVMs, but the
-    # feature space and the calibration come from the complete ones (a champion-chosen sample of
-    # cells would skew thresholds, and new texts would reweigh every term).
-    complete = np.array([r.tag_ids is not None for r in job.records], dtype=bool)
     started = time.perf_counter()
     head = fit_head(
         [texts[i] for i in train], emb[train], y[train], mask[train],
         c=config.head_c, embedding_weight=embedding_weight, seed=config.seed, weights=weight[train],
-        lexicon_rows=complete[train],
     )  # fmt: skip
     timings["fit_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
     known_val = mask[val] * (weight[val] > 0)
-    if complete[val].any():
-        known_val = known_val * complete[val][:, None]
     logits_val = head.logits([texts[i] for i in val], emb[val])
     temperature = fit_temperature(logits_val, y[val], known_val)
     thresholds, decision_rule = choose_thresholds(
@@ -140,9 +132,14 @@ def fit_version(
         config.target_precision, config.threshold_min_positives, config.min_threshold, config.seed,
     )  # fmt: skip
     zero_shot = (0.5, 20.0)
-    if complete[val].any() and known_val.any():  # feedback cells would make zero-shot fire on everything
+    # Only listings with a complete tag set say how similarity relates to "has the tag": a
+    # feedback-only listing's known cells are mostly the tags it was shown (positives), which
+    # would calibrate zero-shot to fire on nearly every category.
+    complete = np.array([r.tag_ids is not None for r in job.records], dtype=bool)
+    known_zero_shot = known_val * complete[val][:, None]
+    if known_zero_shot.any():
         sims = emb[val].astype(np.float64) @ tag_emb.T.astype(np.float64)
-        zero_shot = fit_zero_shot(sims, y[val], known_val)
+        zero_shot = fit_zero_shot(sims, y[val], known_zero_shot)
     probs_test = _sigmoid(head.logits([texts[i] for i in test], emb[test]) / temperature)
     pred, _ = close_hierarchy(probs_test >= thresholds, probs_test, parent_index(vocab))
     metrics: dict[str, Any] = tag_metrics(y[test], pred, mask[test], vocab)

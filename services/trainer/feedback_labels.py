@@ -9,35 +9,50 @@ Rules (thresholds and weights in :class:`~shared.settings.TrainerSettings`)
   *latest* wins if both timestamps are known and differ, else the *majority*; a tie gives **no
   label at all** (merchants who know the product disagree: shopper behaviour cannot settle it).
   A strong label has weight ``strong_label_weight`` and hides any weak evidence of the pair.
-* **Weak positive** -- engagement ``click_weight·clicks + cart_weight·carts +
-  purchase_weight·purchases`` ≥ ``min_engagement_weak_positive``, from at least
-  ``min_engaged_shoppers_weak_positive`` engaged shoppers (the most of clicks, carts and
-  purchases: one shopper's click, cart and purchase are one shopper). Clicks are
-  position-weighted when the adapter supplies ``weighted_clicks`` (see :func:`click_weight`).
-* **Weak negative** -- no click, cart or purchase at all and examined impressions ≥
-  ``min_impressions_weak_negative`` (``examined_impressions`` when supplied, else impressions).
-* Weak weight = evidence / threshold, capped at ``weak_label_max_weight`` (1.0 at the threshold).
-* Some engagement below the threshold gives no label. Exploratory tags are labelled like any
-  other; the flag is kept so that :func:`composition` can count them.
+* **Weak** -- shopper behaviour, judged as a *rate* against the window's own: a row's engaged
+  shoppers (the most of its clicks, carts and purchases: one shopper's click, cart and purchase
+  are one shopper) over its examined impressions, against ``weak_label_coec`` × the pooled rate
+  of every row in the window (clicks over expected clicks, COEC). **Positive** when the Wilson
+  lower bound (``weak_label_z``) of the row's rate is at or above that line, **negative** when the
+  upper bound is below it, no label in between. So the evidence a label needs grows with how
+  close the rate is to the line, whatever the traffic: a click on a tag seen twice is a positive,
+  one stray click deep down a page seen thirty times is not, and a wrong tag's clicks over
+  thousands of impressions are a negative (a count threshold made it a positive). Measured on a
+  demo run's rows: with "engagement ≥ 2, one position-weighted click enough", 16.4 % of the weak
+  positives were wrong; with this rule 3.2 % (and 7.3 % of the negatives, against 8.5 %).
+* A weak label weighs ``weak_label_weight``. Exploratory tags are labelled like any other; the
+  flag is kept so that :func:`composition` can count them.
+* **How likely it is right.** :func:`build_labels` then multiplies each weight by P(label right):
+  the share of right tags among shown and among explored tags, from the merchants' acceptance
+  rate corrected for ``merchant_error_rate`` (:func:`tag_priors`), and each source's error rate
+  (:func:`posterior_right`). Explored guesses are mostly wrong, so an accept of one is weighed by
+  how rarely guesses are right; measured on a demo run's rows (guesses 99 % wrong): the refit
+  went from −0.2 to +0.35 golden micro-F1 points over its champion.
 
-Position bias: a shopper examines position ``k`` (1 = top) with propensity ``1 / k**eta``. A
-click at ``k`` is weighted ``1 / propensity``, clipped at ``propensity_max_weight``; an
-impression at ``k`` counts ``propensity`` examinations. Unknown positions count 1.
+Position bias: a shopper examines position ``k`` (1 = top) with propensity ``1 / k**eta``; an
+impression at ``k`` counts ``propensity`` examinations (unknown positions count 1), so a click
+deep down a page, where few look, weighs more in the rate. This self-normalised form has the
+expectation of weighting each click by ``1 / propensity`` (:func:`click_weight`, the row's
+``weighted_clicks``) with far less variance from one deep click.
 
 Examples
 --------
 >>> from shared.settings import TrainerSettings
 >>> rows = [FeedbackRow("l1", "t1", impressions=5, rejects=1),
-...         FeedbackRow("l1", "t2", impressions=40),
-...         FeedbackRow("l2", "t1", impressions=9, clicks=2, carts=1)]
->>> [(x.tag_id, x.label, x.weight, x.kind.value) for x in build_labels(rows, TrainerSettings())]
-[('t1', 0, 1.0, 'strong'), ('t2', 0, 0.5, 'weak'), ('t1', 1, 0.5, 'weak')]
+...         FeedbackRow("l1", "t2", impressions=100),               # seen 100 times, never engaged
+...         FeedbackRow("l2", "t1", impressions=9, clicks=3, carts=1),
+...         FeedbackRow("l3", "t1", impressions=40, clicks=1)]      # one click in 40: says nothing
+>>> round(pooled_rate(rows), 3)  # engaged shoppers per impression; the line is half of it
+0.026
+>>> [(x.listing_id, x.tag_id, x.label, x.weight, x.kind.value) for x in build_labels(rows, TrainerSettings())]
+[('l1', 't1', 0, 1.0, 'strong'), ('l1', 't2', 0, 0.5, 'weak'), ('l2', 't1', 1, 0.5, 'weak')]
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -135,10 +150,46 @@ def examined_impression_mass(positions: Iterable[int | None], settings: TrainerS
     return sum(examination_propensity(p, settings.propensity_eta) for p in positions)
 
 
-def engagement_weight(row: FeedbackRow, settings: TrainerSettings) -> float:
-    """Shopper engagement of a row: position-weighted clicks, carts and purchases, by their weights."""
-    clicks = row.weighted_clicks if row.weighted_clicks is not None else float(row.clicks)
-    return settings.click_weight * clicks + settings.cart_weight * row.carts + settings.purchase_weight * row.purchases
+def engaged_shoppers(row: FeedbackRow) -> int:
+    """Shoppers who engaged with the tag: the most of clicks, carts and purchases (one shopper's
+    click, cart and purchase are one shopper; a cart without a recorded click still is one)."""
+    return max(row.clicks, row.carts, row.purchases)
+
+
+def examined(row: FeedbackRow) -> float:
+    """Examined impressions of a row (impressions where positions are unknown), and at least its
+    engaged shoppers: each of them looked, even where the impression was not recorded."""
+    seen = row.examined_impressions if row.examined_impressions is not None else float(row.impressions)
+    return max(seen, float(engaged_shoppers(row)))
+
+
+def pooled_rate(rows: Iterable[FeedbackRow]) -> float | None:
+    """Engaged shoppers per examined impression over the rows shoppers saw (None: none were seen).
+
+    >>> pooled_rate([FeedbackRow("a", "t", impressions=10, clicks=3), FeedbackRow("b", "t", impressions=30)])
+    0.075
+    """
+    seen = [r for r in rows if examined(r) > 0]
+    total = sum(examined(r) for r in seen)
+    return sum(engaged_shoppers(r) for r in seen) / total if total > 0 else None
+
+
+def wilson_interval(successes: float, trials: float, z: float) -> tuple[float, float]:
+    """Wilson score interval of a rate (trials may be fractional: examined impressions).
+
+    >>> lo, hi = wilson_interval(3, 10, 1.0)
+    >>> round(lo, 3), round(hi, 3)
+    (0.179, 0.458)
+    >>> wilson_interval(0, 0, 1.0)
+    (0.0, 1.0)
+    """
+    if trials <= 0:
+        return 0.0, 1.0
+    p = min(successes / trials, 1.0)  # deep clicks can outnumber examinations
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    margin = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max((centre - margin) / (1 + z2 / trials), 0.0), min((centre + margin) / (1 + z2 / trials), 1.0)
 
 
 def merchant_verdict(row: FeedbackRow) -> int | None:
@@ -156,8 +207,12 @@ def merchant_verdict(row: FeedbackRow) -> int | None:
     return 1 if row.accepts > row.rejects else 0
 
 
-def label_row(row: FeedbackRow, settings: TrainerSettings) -> Label | None:
-    """The label of one row, or ``None`` when the evidence is missing, too thin or contradictory."""
+def label_row(row: FeedbackRow, settings: TrainerSettings, pooled: float | None = None) -> Label | None:
+    """The label of one row, or ``None`` when the evidence is missing, too thin or contradictory.
+
+    ``pooled`` is the window's engaged-shopper rate (:func:`pooled_rate`); without it shopper
+    behaviour gives no label (only merchants do).
+    """
 
     def make(label: int, weight: float, kind: LabelKind) -> Label:
         return Label(row.listing_id, row.tag_id, label, weight, kind, row.exploratory, row.model_version)
@@ -165,26 +220,74 @@ def label_row(row: FeedbackRow, settings: TrainerSettings) -> Label | None:
     if row.accepts or row.rejects:
         verdict = merchant_verdict(row)
         return None if verdict is None else make(verdict, settings.strong_label_weight, LabelKind.STRONG)
-    engagement = engagement_weight(row, settings)
-    engaged_shoppers = max(row.clicks, row.carts, row.purchases)
-    if (engagement >= settings.min_engagement_weak_positive
-            and engaged_shoppers >= settings.min_engaged_shoppers_weak_positive):
-        return make(1, _weak_weight(engagement, settings.min_engagement_weak_positive, settings), LabelKind.WEAK)
-    if row.clicks or row.carts or row.purchases:
+    if pooled is None or pooled <= 0 or examined(row) <= 0:
         return None
-    examined = row.examined_impressions if row.examined_impressions is not None else float(row.impressions)
-    if examined >= settings.min_impressions_weak_negative:
-        return make(0, _weak_weight(examined, settings.min_impressions_weak_negative, settings), LabelKind.WEAK)
+    line = settings.weak_label_coec * pooled
+    low, high = wilson_interval(engaged_shoppers(row), examined(row), settings.weak_label_z)
+    if low >= line:
+        return make(1, settings.weak_label_weight, LabelKind.WEAK)
+    if high < line:
+        return make(0, settings.weak_label_weight, LabelKind.WEAK)
     return None
 
 
-def _weak_weight(evidence: float, threshold: float, settings: TrainerSettings) -> float:
-    return min(evidence / threshold, settings.weak_label_max_weight)
-
-
 def build_labels(rows: Iterable[FeedbackRow], settings: TrainerSettings) -> list[Label]:
-    """Labels of all rows that have enough evidence, in input order (one label per row at most)."""
-    return [label for row in rows if (label := label_row(row, settings)) is not None]
+    """Labels of all rows that have enough evidence, in input order (one label per row at most);
+    shopper behaviour is judged against the pooled rate of these rows, and every label is weighed
+    by how likely it is right (:func:`tag_priors`, :func:`posterior_right`)."""
+    rows = list(rows)
+    pooled = pooled_rate(rows)
+    labels = [label for row in rows if (label := label_row(row, settings, pooled)) is not None]
+    priors = tag_priors(rows, settings)
+    out = []
+    for x in labels:
+        prior = priors.get(x.exploratory)
+        if prior is not None:
+            error = settings.merchant_error_rate if x.kind is LabelKind.STRONG else settings.weak_label_error_rate
+            x = replace(x, weight=x.weight * posterior_right(x.label, prior, error))
+        out.append(x)
+    return out
+
+
+def tag_priors(rows: Sequence[FeedbackRow], settings: TrainerSettings) -> dict[bool, float]:
+    """P(tag right) of shown (False) and exploratory (True) tags, from the merchants' verdicts.
+
+    A merchant's verdict is wrong with probability ``merchant_error_rate`` (ε), so an observed
+    acceptance rate ``a`` means a share ``(a − ε) / (1 − 2ε)`` of the tags is right. A group with
+    fewer than ``label_prior_min_judgements`` verdicts has no prior (its labels keep their weight).
+
+    >>> from shared.settings import TrainerSettings
+    >>> rows = [FeedbackRow(f"l{i}", "t", exploratory=True, accepts=int(i < 3), rejects=int(i >= 3)) for i in range(60)]
+    >>> tag_priors(rows, TrainerSettings(merchant_error_rate=0.05, label_prior_min_judgements=30))
+    {True: 0.001}
+    """
+    priors: dict[bool, float] = {}
+    eps = settings.merchant_error_rate
+    for group in (False, True):
+        verdicts = [v for r in rows if r.exploratory == group and (v := merchant_verdict(r)) is not None]
+        if len(verdicts) >= settings.label_prior_min_judgements:
+            accepted = sum(verdicts) / len(verdicts)
+            priors[group] = min(max((accepted - eps) / (1 - 2 * eps), PRIOR_FLOOR), 1 - PRIOR_FLOOR)
+    return priors
+
+
+PRIOR_FLOOR = 0.001  # never certain: a group judged all-wrong still lets overwhelming evidence through
+
+
+def posterior_right(label: int, prior: float, error: float) -> float:
+    """P(the label is right | it says ``label``), for a tag right with probability ``prior`` and a
+    source wrong with probability ``error`` either way (Bayes).
+
+    Explored guesses are nearly always wrong, so one merchant's accept of a guess is more likely a
+    slip than a find; a shown tag is nearly always right, so a reject of it is often the slip:
+
+    >>> round(posterior_right(1, prior=0.01, error=0.05), 3), round(posterior_right(0, prior=0.01, error=0.05), 3)
+    (0.161, 0.999)
+    >>> round(posterior_right(0, prior=0.95, error=0.05), 3)
+    0.5
+    """
+    right, wrong = (prior, 1 - prior) if label else (1 - prior, prior)
+    return right * (1 - error) / (right * (1 - error) + wrong * error)
 
 
 def replay_count(n_feedback: int, n_original: int, share: float) -> int:

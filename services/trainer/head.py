@@ -55,14 +55,8 @@ def fit_head(
     seed: int = 0,
     weights: np.ndarray | None = None,
     analyzer: str = DEFAULT_ANALYZER,
-    lexicon_rows: np.ndarray | None = None,
 ) -> TagHead:
     """One ``LinearSVC`` per tag on ``[tfidf, embedding_weight * embedding]``; masked rows left out.
-
-    ``lexicon_rows`` (bool ``[n]``, optional) picks the rows whose texts fit the lexical block's
-    terms and weights (default: all): a refit that adds feedback listings keeps the champion's
-    feature space, so the candidate differs from it by what the new labels say, not by a reweighted
-    vocabulary (measured on the demo: ±0.3 golden micro-F1 points of refit noise otherwise).
 
     ``analyzer`` picks the lexical block's terms (:mod:`shared.tagmodel.analyzer`); the fitted
     lexicon records it, so serving reproduces it.
@@ -76,11 +70,7 @@ def fit_head(
     from sklearn.svm import LinearSVC
 
     vec = word_tfidf(analyzer)
-    if lexicon_rows is None or not np.any(lexicon_rows):
-        lexical_x = vec.fit_transform(texts)
-    else:
-        vec.fit([t for t, keep in zip(texts, lexicon_rows, strict=True) if keep])
-        lexical_x = vec.transform(texts)
+    lexical_x = vec.fit_transform(texts)
     lexicon = lexicon_from_vectorizer(vec)
     emb = np.asarray(embeddings, dtype=np.float64)
     x = sp.hstack([lexical_x, sp.csr_matrix(embedding_weight * emb)]).tocsr()

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from services.trainer.embeddings import EmbeddingCache, VersionEncoder
-from services.trainer.fast_job import FastJobResult, fit_version, job_split, run_fast_job
-from services.trainer.job_input import FastJobInput, JobRecord, TagLabel, dataset_fingerprint, records_from_catalog
+from services.trainer.fast_job import FastJobResult, fit_version, run_fast_job
+from services.trainer.job_input import FastJobInput, TagLabel, dataset_fingerprint, records_from_catalog
 from services.trainer.model_ops import serve_versions
 from services.trainer.train import prepare
 from shared.devstack.triton import TritonEndpoints
@@ -155,37 +155,6 @@ def test_a_second_job_embeds_nothing_again_and_fits_the_same_head(
     served = TagHead.load(fast_v2.version_dir)
     np.testing.assert_allclose(fitted.spec.head.lexical, served.lexical, atol=1e-6)
     np.testing.assert_allclose(fitted.spec.head.bias, served.bias, atol=1e-6)
-
-
-def test_feedback_listings_teach_the_svms_but_move_neither_features_nor_calibration(
-    setup: Setup, data_dir: Path
-) -> None:
-    """New listings whose only known cells are feedback labels (tags a version chose to show) must
-    not reweigh the lexical terms nor skew the thresholds: before, their texts refitted the TF-IDF
-    (new words, new idf for every term) and their champion-chosen cells entered the calibration,
-    so a candidate differed from its champion by refit noise (±0.3 golden points on the demo)."""
-    config = tiny_config(data_dir)
-    card = load_model_card(setup.v1)
-    tag = next(v.tag_id for v in card.vocabulary if v.kind == TagKind.CATEGORY)
-    words = ["zorblax", "quimbly", "frandle", "glorp", "snazzle", "wibbet"]
-    extra = [JobRecord(f"feedback-{i}", f"{words[i % 6]} {words[(i + 1) % 6]} gadget model {i}") for i in range(40)]
-    probe = FastJobInput([*setup.job.records, *extra])
-    split = job_split(probe, config)
-    n = len(setup.job.records)
-    on_val = [extra[i - n].listing_id for i in split.val if i >= n]
-    assert on_val and any(i >= n for i in split.train), "the made-up listings fall on both sides"
-    # Labels on the validation side only: the SVMs (fitted on the training side) cannot see them.
-    labels = [TagLabel(lid, tag, k % 2, 1.0) for k, lid in enumerate(on_val)]
-    with_feedback = FastJobInput([*setup.job.records, *extra], [*setup.job.labels, *labels])
-    kwargs = {"max_length": 32, "embedding_weight": 2.0}
-    cache = EmbeddingCache(setup.cache)
-    plain = fit_version(setup.job, card.vocabulary, VersionEncoder(setup.v1), config, cache, **kwargs)
-    more = fit_version(with_feedback, card.vocabulary, VersionEncoder(setup.v1), config, cache, **kwargs)
-    assert more.spec.head.lexicon.size == plain.spec.head.lexicon.size  # no "zorblax" term
-    np.testing.assert_allclose(more.spec.head.lexical, plain.spec.head.lexical, atol=1e-6)
-    np.testing.assert_allclose(more.spec.head.bias, plain.spec.head.bias, atol=1e-6)
-    assert more.spec.calibration["temperature"] == pytest.approx(plain.spec.calibration["temperature"])
-    np.testing.assert_allclose(more.spec.calibration["thresholds"], plain.spec.calibration["thresholds"])
 
 
 def test_loading_v2_beside_v1_fails_no_request_in_flight(

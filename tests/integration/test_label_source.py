@@ -101,7 +101,7 @@ def _feedback(ns: str) -> Feed:
     f.add("B", "impression", 25)  # no positions: 25 unclicked impressions, a weak negative
     f.add("C", "click", 3, position=1)  # tags arrive after the clicks
     f.add("D", "impression", 5)  # too little evidence
-    f.add("F", "impression", 30, position=2)  # 30 shown, but only 15 examined: too little
+    f.add("F", "impression", 30, position=3)  # 30 shown, but only 10 examined: too little
     f.add("E", "tag_reject", tag_id="t9")  # a judged tag on a listing whose tags are unknown
     return f
 
@@ -131,7 +131,7 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
     assert (a1["first_ts"], a1["last_ts"]) == (T10, T10 + timedelta(hours=1))
     assert rows["C", "t3"]["clicks"] == 3 and rows["C", "t3"]["click_positions"] == {"1": 3}
     assert rows["E", "t9"]["rejects"] == 1 and rows["E", "t9"]["model_version"] is None
-    assert rows["F", "t1"]["impression_positions"] == {"2": 30}
+    assert rows["F", "t1"]["impression_positions"] == {"3": 30}
 
     # Outside the window: the late click and the early purchase; the view is all time.
     everything = _rows(url, ns, None, None)
@@ -166,22 +166,22 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
     assert by_key[f"{ns}-B", "t1"].examined_impressions is None
     assert (window.first_ts, window.last_ts) == (T10, T10 + timedelta(hours=1))
 
-    # Weights with room to see them scale (the defaults weigh strong labels 1, weak at most 0.5).
-    trainer = TrainerSettings(strong_label_weight=5.0, weak_label_max_weight=2.0)
+    # Weights apart (the defaults weigh strong labels 1, weak 0.5).
+    trainer = TrainerSettings(strong_label_weight=5.0, weak_label_weight=2.0)
     built = build_training_labels(Settings(database_url=url, trainer=trainer), SINCE, UNTIL)
     S, W = LabelKind.STRONG, LabelKind.WEAK
     expected = [
         Label(f"{ns}-A", "t1", 0, 5.0, S, model_version="3"),  # accept then reject: the latest wins
-        # 5 weighted clicks + 3·cart = 8 ≥ 2: capped at 2
-        Label(f"{ns}-A", "t2", 1, 2.0, W, exploratory=True, model_version="3"),
-        Label(f"{ns}-B", "t1", 0, 1.25, W, model_version="3"),  # 25 / 20
-        Label(f"{ns}-C", "t3", 1, 1.5, W, model_version="3"),  # 3 / 2
+        # The pooled rate is 7 engaged shoppers / 52 examined impressions; the line half of it, 0.067.
+        Label(f"{ns}-A", "t2", 1, 2.0, W, exploratory=True, model_version="3"),  # 2 of 4.5: Wilson low 0.24
+        Label(f"{ns}-B", "t1", 0, 2.0, W, model_version="3"),  # 0 of 25: Wilson high 0.038
+        Label(f"{ns}-C", "t3", 1, 2.0, W, model_version="3"),  # 3 clicks, no impression recorded: 3 of 3
         Label(f"{ns}-E", "t9", 0, 5.0, S),  # E's tags were never seen: the tagging version is not known
-    ]  # D: 5 impressions, F: 15 examined of 30: no label
+    ]  # D: 0 of 5 (high 0.17), F: 0 of 10 examined (high 0.09): no label
     assert built.labels == expected
     c = built.composition
     assert (c.total, c.strong, c.weak, c.replayed, c.exploratory, c.positives, c.negatives) == (5, 2, 3, 0, 1, 2, 3)
-    assert c.weight == pytest.approx(14.75)
+    assert c.weight == pytest.approx(16.0)
     assert built.fingerprint == fingerprint(expected)
     assert built.summary()["feedback_rows"] == 7
 
