@@ -165,8 +165,9 @@ def run_loop(cfg: LoopConfig, base: Settings | None = None) -> dict[str, Any]:
     write_model_config(settings.triton_model_repository, settings.triton.tag_model)
 
     with ExitStack() as exits:
-        info = stack.up(settings, database=f"tagloop_loop_{uuid.uuid4().hex[:8]}",
-                        triton_models=[settings.triton.tag_model])
+        database = f"tagloop_loop_{uuid.uuid4().hex[:8]}"
+        exits.callback(stack.drop_run_database, settings.database_url, database)  # runs after stack.down
+        info = stack.up(settings, database=database, triton_models=[settings.triton.tag_model])
         exits.callback(stack.down, workdir)
         settings = info.apply(settings)
         create_all_topics(settings)

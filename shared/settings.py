@@ -178,7 +178,6 @@ class TrainerSettings(BaseModel):
     # p(examine | position) = 1 / position**eta (position 1 = top); eta = 1 is the usual first guess
     # until a randomisation experiment measures it.
     propensity_eta: float = Field(1.0, ge=0)
-    propensity_max_weight: float = Field(10.0, ge=1)  # clip 1/propensity: one deep click must not dominate
     replay_share: float = Field(0.2, ge=0, lt=1)  # share of original labels in every training set: keeps old knowledge
 
     # --- gate (candidate vs champion) ------------------------------------------------------

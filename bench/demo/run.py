@@ -11,7 +11,6 @@ Ctrl-C (or the end) stops every process this demo started; ``--keep`` leaves the
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import queue
 import secrets
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
@@ -163,7 +161,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             _print_keep(console, settings, workdir)
         else:
             stack.down(workdir)
-            _drop_database(settings.database_url, database)
+            stack.drop_run_database(settings.database_url, database)
             console.print("local stack and services stopped")
     return code
 
@@ -371,12 +369,6 @@ class DemoLoop:
                 self.shoppers.close()
             return
         self.exits.close()
-
-
-def _drop_database(database_url: str, name: str) -> None:
-    server = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
-    with contextlib.suppress(psycopg.Error):  # an embedded server is already gone with its data
-        stack.drop_database(server, name)
 
 
 def _print_keep(console: Console, settings: Settings, workdir: Path) -> None:

@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from shared.model_repository import MODEL_CARD_FILE
 from shared.tagmodel.fingerprint import file_sha256
 
 
@@ -57,6 +59,23 @@ class VersionEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.runtime.embed(texts, self.batch_size)
+
+
+def served_encoder(version_dir: Path) -> VersionEncoder:
+    """:class:`VersionEncoder` of a version, loaded once per process while its model card stays the same.
+
+    The gate scores champion and candidate several times a decision (golden set, recent labels,
+    explored labels' propensities), and the trainer embeds drift samples every tick: each load
+    opens an ONNX session and hashes the encoder file. A version number re-exported after its
+    directory was removed gets a new card, hence a new load.
+    """
+    path = Path(version_dir).resolve()
+    return _served_encoder(str(path), (path / MODEL_CARD_FILE).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)  # champion, candidate, canary, the version being rolled back from
+def _served_encoder(path: str, card_mtime_ns: int) -> VersionEncoder:
+    return VersionEncoder(Path(path))
 
 
 class PretrainedEncoder:

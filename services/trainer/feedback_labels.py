@@ -33,8 +33,8 @@ Rules (thresholds and weights in :class:`~shared.settings.TrainerSettings`)
 Position bias: a shopper examines position ``k`` (1 = top) with propensity ``1 / k**eta``; an
 impression at ``k`` counts ``propensity`` examinations (unknown positions count 1), so a click
 deep down a page, where few look, weighs more in the rate. This self-normalised form has the
-expectation of weighting each click by ``1 / propensity`` (:func:`click_weight`, the row's
-``weighted_clicks``) with far less variance from one deep click.
+expectation of weighting each click by ``1 / propensity`` with far less variance from one deep
+click (which, weighed alone, made one stray click at slot 5 a positive).
 
 Examples
 --------
@@ -75,9 +75,8 @@ class LabelKind(StrEnum):
 class FeedbackRow:
     """Aggregated feedback of one tag shown on one listing (what the feedback view returns).
 
-    ``weighted_clicks`` is Σ :func:`click_weight` over the clicks and ``examined_impressions``
-    Σ :func:`examination_propensity` over the impressions (1 per event of unknown position);
-    ``None`` means positions are unknown and the raw counts are used.
+    ``examined_impressions`` is Σ :func:`examination_propensity` over the impressions (1 per
+    event of unknown position); ``None`` means positions are unknown and the raw count is used.
     """
 
     listing_id: str
@@ -88,7 +87,6 @@ class FeedbackRow:
     purchases: int = 0
     accepts: int = 0
     rejects: int = 0
-    weighted_clicks: float | None = None
     examined_impressions: float | None = None
     exploratory: bool = False
     last_accept_at: datetime | None = None
@@ -97,8 +95,7 @@ class FeedbackRow:
 
     def __post_init__(self) -> None:
         counts = (self.impressions, self.clicks, self.carts, self.purchases, self.accepts, self.rejects)
-        extra = (self.weighted_clicks or 0.0, self.examined_impressions or 0.0)
-        if min(counts) < 0 or min(extra) < 0:
+        if min(counts) < 0 or (self.examined_impressions or 0.0) < 0:
             raise ValueError(f"negative count in feedback row {self.listing_id}/{self.tag_id}")
 
 
@@ -132,20 +129,6 @@ def examination_propensity(position: int | None, eta: float = 1.0) -> float:
     return float(position) ** -eta
 
 
-def click_weight(position: int | None, eta: float = 1.0, max_weight: float = 10.0) -> float:
-    """Inverse-propensity weight of one click, clipped at ``max_weight``.
-
-    >>> click_weight(3), click_weight(50), click_weight(None)
-    (3.0, 10.0, 1.0)
-    """
-    return min(1.0 / examination_propensity(position, eta), max_weight)
-
-
-def weighted_click_mass(positions: Iterable[int | None], settings: TrainerSettings) -> float:
-    """Σ :func:`click_weight` over clicks at ``positions`` (``None`` = unknown): ``FeedbackRow.weighted_clicks``."""
-    return sum(click_weight(p, settings.propensity_eta, settings.propensity_max_weight) for p in positions)
-
-
 def examined_impression_mass(positions: Iterable[int | None], settings: TrainerSettings) -> float:
     """Σ :func:`examination_propensity` over impressions: ``FeedbackRow.examined_impressions``."""
     return sum(examination_propensity(p, settings.propensity_eta) for p in positions)
@@ -170,9 +153,9 @@ def pooled_rate(rows: Iterable[FeedbackRow]) -> float | None:
     >>> pooled_rate([FeedbackRow("a", "t", impressions=10, clicks=3), FeedbackRow("b", "t", impressions=30)])
     0.075
     """
-    seen = [r for r in rows if examined(r) > 0]
-    total = sum(examined(r) for r in seen)
-    return sum(engaged_shoppers(r) for r in seen) / total if total > 0 else None
+    looked = [(examined(r), engaged_shoppers(r)) for r in rows]
+    total = sum(n for n, _ in looked if n > 0)
+    return sum(e for n, e in looked if n > 0) / total if total > 0 else None
 
 
 def wilson_interval(successes: float, trials: float, z: float) -> tuple[float, float]:
@@ -221,10 +204,11 @@ def label_row(row: FeedbackRow, settings: TrainerSettings, pooled: float | None 
     if row.accepts or row.rejects:
         verdict = merchant_verdict(row)
         return None if verdict is None else make(verdict, settings.strong_label_weight, LabelKind.STRONG)
-    if pooled is None or pooled <= 0 or examined(row) <= 0:
+    looked = examined(row)
+    if pooled is None or pooled <= 0 or looked <= 0:
         return None
     line = settings.weak_label_coec * pooled
-    low, high = wilson_interval(engaged_shoppers(row), examined(row), settings.weak_label_z)
+    low, high = wilson_interval(engaged_shoppers(row), looked, settings.weak_label_z)
     if low >= line:
         return make(1, settings.weak_label_weight, LabelKind.WEAK)
     if high < line:

@@ -6,19 +6,19 @@ the feedback tables behind it. Every rule lives in the pure :mod:`services.train
 this module only turns the function's rows into :class:`~services.trainer.feedback_labels.FeedbackRow`
 and calls the pure functions.
 
-The function returns position histograms (``{"3": 2}``: two clicks at the third slot) rather
-than weighted sums, so the propensity model (``propensity_eta``, ``propensity_max_weight``) stays
-the trainer's: :func:`position_mass` applies :func:`~services.trainer.feedback_labels.click_weight`
-and :func:`~services.trainer.feedback_labels.examination_propensity` to them.
+The function returns position histograms (``{"3": 2}``: two impressions at the third slot)
+rather than weighted sums, so the propensity model (``propensity_eta``) stays the trainer's:
+:func:`position_mass` applies :func:`~services.trainer.feedback_labels.examination_propensity`
+to them. (It returns click positions too; the rate rule needs only the impressions'.)
 
 Examples
 --------
 >>> from shared.settings import TrainerSettings
->>> cfg = TrainerSettings(propensity_eta=1.0, propensity_max_weight=10.0)
+>>> cfg = TrainerSettings(propensity_eta=1.0)
 >>> row = feedback_row({"listing_id": "l1", "tag_id": "t1", "impressions": 4, "clicks": 3,
-...                     "click_positions": {"2": 1, "5": 1}, "impression_positions": {}}, cfg)
->>> row.weighted_clicks, row.examined_impressions    # 2 + 5 + 1 (position unknown); no positions known
-(8.0, None)
+...                     "click_positions": {}, "impression_positions": {"2": 1, "4": 2}}, cfg)
+>>> row.examined_impressions    # 1/2 + 2·1/4 + 1 (position unknown)
+2.0
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from services.trainer.feedback_labels import (
     FeedbackRow,
     Label,
     build_labels,
-    click_weight,
     composition,
     examination_propensity,
     fingerprint,
@@ -109,7 +108,7 @@ def position_mass(histogram: Mapping[str, int], events: int, weight: Callable[[i
 
 def feedback_row(record: Mapping[str, Any], settings: TrainerSettings) -> FeedbackRow:
     """One row of ``feedback_tag_labels`` as the pure builder's :class:`FeedbackRow`."""
-    eta, clip = settings.propensity_eta, settings.propensity_max_weight
+    eta = settings.propensity_eta
     clicks, impressions = int(record["clicks"]), int(record["impressions"])
     return FeedbackRow(
         listing_id=record["listing_id"],
@@ -120,7 +119,6 @@ def feedback_row(record: Mapping[str, Any], settings: TrainerSettings) -> Feedba
         purchases=int(record.get("purchases", 0)),
         accepts=int(record.get("accepts", 0)),
         rejects=int(record.get("rejects", 0)),
-        weighted_clicks=position_mass(record["click_positions"], clicks, lambda k: click_weight(k, eta, clip)),
         examined_impressions=position_mass(
             record["impression_positions"], impressions, lambda k: examination_propensity(k, eta)
         ),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.trainer.embeddings import EmbeddingCache, VersionEncoder, embed_texts
+from services.trainer.embeddings import EmbeddingCache, embed_texts, served_encoder
 from services.trainer.evaluate import tag_metrics
 from services.trainer.feedback_labels import Label
 from services.trainer.gate import GoldenMetrics, ModelScores, SliceMetric
@@ -40,7 +40,6 @@ from shared.events import TagKind
 from shared.settings import TrainerSettings
 from shared.tagmodel.card import load_model_card
 from shared.tagmodel.decide import decide
-from shared.tagmodel.head import TagHead
 
 
 def is_recent_holdout(listing_id: str, share: float, salt: str = "recent-holdout") -> bool:
@@ -50,11 +49,12 @@ def is_recent_holdout(listing_id: str, share: float, salt: str = "recent-holdout
 
 def probabilities(version_dir: Path, texts: Sequence[str], cache: EmbeddingCache | None = None) -> np.ndarray:
     """The version's calibrated tag probabilities ``[n, n_tags]`` for ``texts``, as served."""
-    card = load_model_card(version_dir)
+    encoder = served_encoder(version_dir)
+    card = encoder.runtime.card
     if not texts:
         return np.zeros((0, len(card.vocabulary)))
-    embeddings = embed_texts(VersionEncoder(version_dir), list(texts), cache)
-    logits = TagHead.load(version_dir).logits(list(texts), embeddings)
+    embeddings = embed_texts(encoder, list(texts), cache)
+    logits = encoder.runtime.head.logits(list(texts), embeddings)
     return np.asarray(1.0 / (1.0 + np.exp(-logits / card.temperature)))
 
 

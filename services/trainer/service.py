@@ -30,7 +30,7 @@ import psycopg
 
 from services.trainer import jobs
 from services.trainer.deep_job import DeepOptions, run_deep_job
-from services.trainer.embeddings import EmbeddingCache, VersionEncoder, embed_texts
+from services.trainer.embeddings import EmbeddingCache, embed_texts, served_encoder
 from services.trainer.fast_job import base_version_dir, run_fast_job
 from services.trainer.feedback_labels import Label
 from services.trainer.gate import Decision, decide
@@ -112,7 +112,6 @@ class TrainerService:
         self.repository = settings.triton_model_repository
         self.registry = ModelRegistry(settings)
         self.cache = EmbeddingCache(settings.state_dir / "embeddings")
-        self._encoders: dict[Path, VersionEncoder] = {}
 
     def recover(self) -> list[jobs.JobRecord]:
         """On start: jobs a dead trainer left running are marked failed, and a candidate such a job
@@ -286,9 +285,7 @@ class TrainerService:
         champion = base_version_dir(self.registry, self.repository, self.model)
         if champion is None:
             return None
-        if champion not in self._encoders:  # one ONNX session per champion, not per tick
-            self._encoders = {champion: VersionEncoder(champion)}
-        return embed_texts(self._encoders[champion], [r[0] for r in rows], self.cache)
+        return embed_texts(served_encoder(champion), [r[0] for r in rows], self.cache)
 
     def window_stats(self, since: datetime, until: datetime) -> WindowStats:
         with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:

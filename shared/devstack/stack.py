@@ -8,6 +8,7 @@ other command and the tests find them without flags.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -84,6 +85,16 @@ def ensure_database(server_url: str, dbname: str) -> str:
 def drop_database(server_url: str, dbname: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def drop_run_database(database_url: str, dbname: str) -> None:
+    """Drop a run's own database (the demo's, an experiment's) on the server ``database_url`` points at.
+
+    Quiet where the server is gone: an embedded server stopped by :func:`down` took its data along.
+    """
+    server = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
+    with contextlib.suppress(psycopg.Error):
+        drop_database(server, dbname)
 
 
 def make_versions_portable(repository: Path, tag_model: str) -> None:

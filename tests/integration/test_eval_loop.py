@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bench.loop import LoopConfig, run_loop
@@ -23,6 +24,7 @@ def test_short_loop_rejects_the_bad_candidate_rolls_back_the_forced_canary_and_l
     data_dir: Path, tmp_path: Path, postgres_server_url: str
 ) -> None:
     base = Settings(state_dir=tmp_path, data_dir=data_dir, database_url=postgres_server_url)
+    databases_before = _loop_databases(postgres_server_url)
     result = run_loop(LoopConfig(data_dir, "flipkart", cycles=2, listings_per_cycle=200, canary_listings=200,
                                  limit=3000), base)
     assert result["rejected_bad_candidate"] is True
@@ -35,3 +37,10 @@ def test_short_loop_rejects_the_bad_candidate_rolls_back_the_forced_canary_and_l
     for before, after in zip(result["f1_by_cycle"], result["f1_by_cycle"][1:], strict=False):
         assert after >= before - tolerance - 1e-9  # a promotion never costs more than the gate allows
     assert set(result["details"]["versions_seen"]) >= {"1"}
+    assert _loop_databases(postgres_server_url) <= databases_before  # the run dropped its own database
+
+
+def _loop_databases(server_url: str) -> set[str]:
+    with psycopg.connect(server_url) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tagloop_loop_%'").fetchall()
+    return {r[0] for r in rows}

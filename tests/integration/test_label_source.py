@@ -161,7 +161,6 @@ def test_label_function_figures_window_and_labels(migrated: str) -> None:
     # The rows as the builder sees them, and the labels built from them.
     window = read_feedback(url, TrainerSettings(), SINCE, UNTIL)
     by_key = {(r.listing_id, r.tag_id): r for r in window.rows}
-    assert by_key[f"{ns}-A", "t2"].weighted_clicks == 5.0  # 4 (at position 4) + 1 (position unknown)
     assert by_key[f"{ns}-A", "t1"].examined_impressions == 3 * 1.0 + 2 * 0.25 + 1
     assert by_key[f"{ns}-B", "t1"].examined_impressions is None
     assert (window.first_ts, window.last_ts) == (T10, T10 + timedelta(hours=1))

@@ -11,7 +11,6 @@ from services.trainer.feedback_labels import (
     Label,
     LabelKind,
     build_labels,
-    click_weight,
     composition,
     engaged_shoppers,
     examination_propensity,
@@ -25,7 +24,6 @@ from services.trainer.feedback_labels import (
     posterior_right,
     replay_count,
     tag_priors,
-    weighted_click_mass,
 )
 from shared.settings import TrainerSettings
 
@@ -51,13 +49,8 @@ def test_examination_propensity_follows_the_power_law() -> None:
         examination_propensity(0)
 
 
-def test_click_weights_are_inverse_propensity_clipped() -> None:
-    assert click_weight(1) == 1.0
-    assert click_weight(5, eta=1.0, max_weight=10.0) == 5.0
-    assert click_weight(4, eta=2.0, max_weight=10.0) == 10.0  # 16 clipped
-    assert click_weight(None) == 1.0
-    cfg = TrainerSettings(propensity_eta=1.0, propensity_max_weight=10.0)
-    assert weighted_click_mass([1, 2, 20, None], cfg) == 1 + 2 + 10 + 1
+def test_examined_impressions_sum_the_propensities() -> None:
+    cfg = TrainerSettings(propensity_eta=1.0)
     assert examined_impression_mass([1, 2, 4, None], cfg) == pytest.approx(1 + 0.5 + 0.25 + 1)
 
 
@@ -113,8 +106,7 @@ def test_a_stray_click_on_a_much_seen_tag_is_no_positive() -> None:
     seen; on a demo run 16.4 % of the weak positives were wrong tags. A click on a tag seen twice
     is still a positive: the rule asks for a rate clearly above the line, not for a count."""
     thirty = at([1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 3)  # 30 impressions over slots 1-10: 8.8 examined
-    stray = FeedbackRow("l", "t", impressions=30, clicks=1, weighted_clicks=weighted_click_mass([5], CFG),
-                        examined_impressions=thirty)
+    stray = FeedbackRow("l", "t", impressions=30, clicks=1, examined_impressions=thirty)
     assert weak(stray, pooled=0.24) is None
     seen_twice = FeedbackRow("l", "t", impressions=2, clicks=1, examined_impressions=at([1, 1]))
     assert weak(seen_twice, pooled=0.24) is not None and weak(seen_twice, pooled=0.24).label == 1  # type: ignore[union-attr]
@@ -174,7 +166,7 @@ def test_rows_refuse_negative_counts() -> None:
     with pytest.raises(ValueError):
         FeedbackRow("l", "t", clicks=-1)
     with pytest.raises(ValueError):
-        FeedbackRow("l", "t", weighted_clicks=-0.5)
+        FeedbackRow("l", "t", examined_impressions=-0.5)
 
 
 # --- replay mix ----------------------------------------------------------------------------------
