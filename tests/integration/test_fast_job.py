@@ -157,6 +157,7 @@ def test_a_second_job_embeds_nothing_again_and_fits_the_same_head(
     np.testing.assert_allclose(fitted.spec.head.bias, served.bias, atol=1e-6)
 
 
+@pytest.mark.slow  # 25-60 s: keeps the default suite under 15 minutes
 def test_loading_v2_beside_v1_fails_no_request_in_flight(
     setup: Setup, fast_v2: FastJobResult, triton: TritonEndpoints
 ) -> None:

@@ -96,6 +96,7 @@ def produce_one(settings: Settings, topic: str, key: bytes, value: bytes) -> tup
     return where[0]
 
 
+@pytest.mark.slow  # 25-60 s: keeps the default suite under 15 minutes
 def test_never_checkpoints_past_an_undelivered_dead_letter(settings: Settings) -> None:
     # An invalid topic name: the broker refuses every dead letter (TOPIC_EXCEPTION), for real.
     s = settings.model_copy(update={"topics": settings.topics.model_copy(update={"dead_letter": "dead letters!"})})

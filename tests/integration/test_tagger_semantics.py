@@ -160,6 +160,7 @@ def _scenario(listings: list[ListingEvent]) -> tuple[list[ListingEvent], dict[st
     return events, want
 
 
+@pytest.mark.slow  # 25-60 s: keeps the default suite under 15 minutes
 def test_updates_retag_only_changed_text_deletes_tombstone_order_kept(
     stack_settings: Settings, data_dir: Path
 ) -> None:

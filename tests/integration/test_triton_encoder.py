@@ -208,6 +208,7 @@ def test_wrong_dtype_is_rejected_and_not_retryable(triton_encoder: TritonEndpoin
     assert not is_retryable(err.value)
 
 
+@pytest.mark.slow  # 25-60 s: keeps the default suite under 15 minutes
 def test_start_stop_and_explicit_model_control(tmp_path: Path) -> None:
     """A second server: model unload/load, then stop closes the port and removes the pid file."""
     state_dir = tmp_path / "state"

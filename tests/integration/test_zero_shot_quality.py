@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.simulator.listings import flipkart_records
 from shared.catalog.records import CATEGORY_SEP
 from shared.encoder import MiniLMEncoder
@@ -11,6 +13,7 @@ from shared.taxonomy import load_taxonomy
 APPAREL_LIKE = {"Footwear", "Clothing", "Jewellery", "Watches"}
 
 
+@pytest.mark.slow  # 20 s: keeps the default suite under 15 minutes
 def test_zero_shot_top_level_matches_obvious_shopify_root(data_dir) -> None:  # type: ignore[no-untyped-def]
     records = list(flipkart_records(data_dir, 500))
     chosen = [r for r in records if r.labels and r.labels[0].split(CATEGORY_SEP)[0] in APPAREL_LIKE]
