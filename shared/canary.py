@@ -221,8 +221,10 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
        rate); each arm's variance is clustered by listing where the per-listing sums are known
        (:func:`p_worse_clustered`), else the pooled two-proportion test (:func:`one_sided_p_worse`).
        Each rate is tested once both arms have its minimum sample (``canary_min_impressions``
-       impressions for CTR, ``canary_min_judgements`` merchant judgements for acceptance), so a
-       clearly worse CTR rolls back without waiting for judgements (fail fast).
+       impressions for CTR, ``canary_min_judgements`` merchant judgements for acceptance, and
+       feedback on ``canary_min_listings`` listings for either: the listing is what routing
+       randomises, and a handful of listings' impressions are a handful of draws, whatever their
+       number), so a clearly worse CTR rolls back without waiting for judgements (fail fast).
     3. **wait** while either arm is short of either minimum (pass slow).
     4. **promote** otherwise: not worse on CTR and acceptance over the minimum sample.
     """
@@ -248,9 +250,13 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
                         candidate.acceptance_sums))  # fmt: skip
     else:
         reasons.append("SKIP acceptance: no merchant judgements and canary_min_judgements = 0")
+    arms = (("champion", champion), ("candidate", candidate))
+    too_few_listings = [f"{name} has feedback on {arm.listings} listings < {cfg.canary_min_listings}"
+                        for name, arm in arms if arm.listings < cfg.canary_min_listings]  # fmt: skip
     for name, unit, minimum, s_a, n_a, s_b, n_b, sums_a, sums_b in metrics:
         missing = [f"{arm} has {n} {unit} < {minimum}" for arm, n in (("champion", n_a), ("candidate", n_b))
                    if n < max(minimum, 1)]  # fmt: skip
+        missing += [m for m in too_few_listings if m not in short]
         if missing:
             short += missing
             continue
