@@ -210,7 +210,7 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
     1. **rollback** on operations, at any sample size: the candidate's errors exceed
        ``canary_max_error_rate`` of ``max(requests, canary_min_requests)`` (so a few early
        errors cannot decide alone, but enough of them do before the minimum is reached); or,
-       with ≥ ``canary_min_requests`` requests on both arms, candidate p99 latency over
+       with ≥ ``canary_min_requests`` (and ≥ 100: a p99 needs them) requests on both arms, candidate p99 latency over
        ``canary_max_p99_latency_ratio`` × the champion's, or, with feedback on ≥ ``canary_min_requests``
        listings of each arm, candidate impressions per listing under ``canary_min_exposure_ratio``
        × the champion's (it shows far fewer tags per listing, which CTR and acceptance of the few
@@ -277,11 +277,17 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
     return CanaryVerdict("promote", reasons)
 
 
+# The p99 of fewer requests is their maximum: one stall (a cold batch, a busy core) decides. A demo
+# canary was rolled back on p99 802 vs 520 ms over its first ~10 requests per arm.
+P99_MIN_REQUESTS = 100
+
+
 def _latency_check(champion: ArmStats, candidate: ArmStats, cfg: TrainerSettings, reasons: list[str]) -> bool:
-    """Append the latency reason; true when the candidate is too slow."""
+    """Append the latency reason; true when the candidate is too slow (p99 over ≥ ``P99_MIN_REQUESTS``)."""
     a, b = champion.latency_p99_ms, candidate.latency_p99_ms
-    if a is None or b is None or a <= 0 or min(champion.requests, candidate.requests) < cfg.canary_min_requests:
-        reasons.append(f"SKIP latency: needs p99 of both arms and ≥ {cfg.canary_min_requests} requests each")
+    needed = max(cfg.canary_min_requests, P99_MIN_REQUESTS)
+    if a is None or b is None or a <= 0 or min(champion.requests, candidate.requests) < needed:
+        reasons.append(f"SKIP latency: needs p99 of both arms and ≥ {needed} requests each")
         return False
     ratio = b / a
     bad = ratio > cfg.canary_max_p99_latency_ratio

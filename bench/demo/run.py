@@ -197,6 +197,7 @@ class DemoLoop:
         self.exits = ExitStack()
         self.trainer: multiprocessing.process.BaseProcess | None = None
         self.trainer_notes: Any = None
+        self._last_printed: tuple[str, int | None] | None = None  # the trainer's last line above the view
         self.shoppers: Shoppers | None = None
         self.titles = {r.id: r.text.split("\n", 1)[0] for r in catalog.reserve}
         self.registry: ModelRegistry | None = None
@@ -339,6 +340,9 @@ class DemoLoop:
             if self.status.trainer_log and self.status.trainer_log[-1] == detail:
                 continue  # a canary still waiting for the same sample: said already
             self.status.note(detail)
+            if action == "canary-wait" and self._last_printed == (action, candidate):
+                continue  # the view shows how far its sample is; one line above it says that it waits
+            self._last_printed = (action, candidate)
             self.console.print(f"[{time.monotonic() - self.status.started:4.0f}s] trainer: {detail}")
             if action == "promoted":
                 self.status.promoted_version = candidate

@@ -147,6 +147,16 @@ def test_slow_candidate_rolls_back() -> None:
     assert too_few.action == "promote" and any(r.startswith("SKIP latency") for r in too_few.reasons)
 
 
+def test_a_p99_of_a_few_requests_decides_nothing() -> None:
+    """Defect: with canary_min_requests 10 (the demo's) a canary was rolled back on p99 802 vs 520 ms
+    over its first ~10 requests per arm: the p99 of fewer than 100 requests is their maximum."""
+    cfg = TrainerSettings(canary_min_requests=10)
+    early = canary_verdict(arm(p99=520.0, requests=60), arm(p99=802.0, requests=12), cfg)
+    assert early.action == "promote" and any(r.startswith("SKIP latency") for r in early.reasons)
+    later = canary_verdict(arm(p99=520.0, requests=600), arm(p99=802.0, requests=150), cfg)
+    assert later.action == "rollback" and any(r.startswith("FAIL latency") for r in later.reasons)
+
+
 def test_a_candidate_showing_far_fewer_tags_rolls_back() -> None:
     # Shoppers see both arms' listings alike: 1.2 vs 5 impressions per listing is tags not shown,
     # whatever the CTR of the few it still shows (here better than the champion's).
