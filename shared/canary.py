@@ -256,9 +256,8 @@ def canary_verdict(champion: ArmStats, candidate: ArmStats, settings: TrainerSet
     for name, unit, minimum, s_a, n_a, s_b, n_b, sums_a, sums_b in metrics:
         missing = [f"{arm} has {n} {unit} < {minimum}" for arm, n in (("champion", n_a), ("candidate", n_b))
                    if n < max(minimum, 1)]  # fmt: skip
-        missing += [m for m in too_few_listings if m not in short]
-        if missing:
-            short += missing
+        if missing or too_few_listings:
+            short += [m for m in (*missing, *too_few_listings) if m not in short]
             continue
         p = (one_sided_p_worse(s_a, n_a, s_b, n_b) if sums_a is None or sums_b is None else
              p_worse_clustered((s_a, n_a, sums_a), (s_b, n_b, sums_b), (champion.listings, candidate.listings)))

@@ -262,3 +262,10 @@ def test_an_equal_candidate_is_not_judged_on_a_handful_of_listings() -> None:
     enough = sum(canary_verdict(simulated_arm(rng, 200, 25, 0.0), simulated_arm(rng, 40, 25, 0.0), cfg).action
                  == "rollback" for _ in range(400)) / 400  # fmt: skip
     assert enough <= 0.08
+
+
+def test_neither_rate_is_tested_on_a_handful_of_listings() -> None:
+    # both rates wait for the listings, not only the first one tested
+    few = canary_verdict(arm(), arm(accepts=10, rejects=90, listings=10), CFG)
+    assert few.action == "wait" and not any(r.startswith("FAIL") for r in few.reasons)
+    assert canary_verdict(arm(), arm(accepts=10, rejects=90, listings=40), CFG).action == "rollback"
