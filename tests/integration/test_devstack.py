@@ -28,6 +28,7 @@ def tagloop(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow  # 20-25 s: keeps the default suite under 15 minutes
 def test_dev_up_status_down(tmp_path: Path) -> None:
     up = tagloop(tmp_path, "dev", "up")
     assert up.returncode == 0, up.stderr[-2000:]

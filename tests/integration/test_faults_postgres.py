@@ -150,7 +150,8 @@ def workers() -> Iterator[list[ManagedProcess]]:
         p.stop(timeout_s=10)
 
 
-@pytest.mark.parametrize("engine", ["batch:2", "faust"])
+# faust (19 s) in the slow suite: keeps the default one under 15 minutes
+@pytest.mark.parametrize("engine", ["batch:2", pytest.param("faust", marks=pytest.mark.slow)])
 def test_feedback_backends_terminated_mid_transaction(  # type: ignore[no-untyped-def]
     settings: Settings, database_url: str, ns: str, workers, engine: str
 ) -> None:
@@ -358,6 +359,7 @@ class LearnerHttp:
         self.http.close()
 
 
+@pytest.mark.slow  # 20-25 s: keeps the default suite under 15 minutes
 def test_learner_checkpoint_writes_refused_then_accepted(settings: Settings, tmp_path: Path) -> None:
     name = f"full-{uuid.uuid4().hex[:6]}"
     repo = PostgresCheckpoints(settings.database_url, name)

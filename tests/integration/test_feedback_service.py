@@ -213,7 +213,8 @@ def run_worker(settings: Settings, worker_group: str) -> Iterator[list[ManagedPr
         p.stop(timeout_s=10)
 
 
-@pytest.mark.parametrize("engine", ["faust", "batch:2", "batch+rollup"])
+# faust (22 s) in the slow suite, as in test_feedback_faults: keeps the default one under 15 minutes
+@pytest.mark.parametrize("engine", [pytest.param("faust", marks=pytest.mark.slow), "batch:2", "batch+rollup"])
 def test_worker_end_to_end(
     settings: Settings, migrated: str, ns: str, worker_group: str, run_worker, engine: str
 ) -> None:  # type: ignore[no-untyped-def]

@@ -82,7 +82,6 @@ def ops(
         yield Ops(model, registry, endpoints, env)
 
 
-@pytest.mark.slow  # 25-60 s: keeps the default suite under 15 minutes
 def test_shadow_canary_promote_rollback_keep_registry_and_triton_in_step(ops: Ops) -> None:
     code, out = ops.run("shadow", "2")
     assert code == 0 and out == f"{ops.model} 2: candidate -> shadow; triton serves 1, 2"

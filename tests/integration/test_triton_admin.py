@@ -12,6 +12,7 @@ from tests.fixtures_triton import ENCODER_MODEL
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # 14 s: keeps the default suite under 15 minutes
 def test_ready_stats_unload_and_load(triton_encoder: TritonEndpoints) -> None:
     with TritonAdmin(triton_encoder.http_url, timeout_s=240) as admin:
         assert admin.server_ready()
